@@ -273,6 +273,11 @@ PAD_NOTE_ATTR = "loratune_pad_note"
 # The note saying what became of a base model's own classification head (replaced: another label count, or
 # OWN_HEAD_NOTES); the model's, like the pad note (run.json model.head_note).
 HEAD_NOTE_ATTR = "loratune_head_note"
+# What plain transformers' from_pretrained needs beyond the base's path and the head's arguments to load the base as
+# loratune loaded it: the GGUF file in the folder, and ignore_mismatched_sizes where the folder saved a classifier head
+# of another label count (_replace_head; without it, "size mismatch for classifier.weight"). Kept on the model;
+# label_map.json "base_args", which the adapter card's recipes pass (train.model_card).
+BASE_ARGS_ATTR = "loratune_base_args"
 
 
 def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2label: dict[int, str] | None = None,
@@ -281,7 +286,8 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
     loratune pads with: `pad_token_id`, else the tokenizer's (`align_pad_token_id`; its note, if any, is the model's
     PAD_NOTE_ATTR). The head is fresh, unless the folder saved one at this label count: then, given the data's labels
     (`id2label`), it is matched to them by name (own_head_case); what became of a folder's own head is the model's
-    HEAD_NOTE_ATTR."""
+    HEAD_NOTE_ATTR; what a plain transformers load of the base needs (a GGUF file, ignore_mismatched_sizes) is its
+    BASE_ARGS_ATTR."""
     from transformers import AutoModelForSequenceClassification
 
     src = resolve_model(cfg)
@@ -298,6 +304,7 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
     if src.gguf_file:
         kwargs["gguf_file"] = src.gguf_file
     head_note = None
+    base_args = {"gguf_file": src.gguf_file} if src.gguf_file else {}
     try:
         with quiet_transformers():  # the "newly initialized head" report is expected, not news
             model, info = AutoModelForSequenceClassification.from_pretrained(src.path, output_loading_info=True,
@@ -321,6 +328,7 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
     check_pad_id(model, pad_token_id, cfg)
     setattr(model, PAD_NOTE_ATTR, align_pad_token_id(model, pad_token_id))
     setattr(model, HEAD_NOTE_ATTR, head_note)
+    setattr(model, BASE_ARGS_ATTR, base_args)
     return model
 
 

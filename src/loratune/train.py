@@ -52,8 +52,8 @@ from loratune.listing import LABEL_JOIN, code_span, label_text, shell_path
 from loratune.losses import LossSpec, compute_loss, loss_spec
 from loratune.metrics import (Decoding, crossfit_thresholds, decode, multi_label_scores, sigmoid,
                               single_label_scores, tune_thresholds)
-from loratune.models import (HEAD_NOTE_ATTR, PAD_NOTE_ATTR, load_classifier, load_tokenizer, quiet_transformers,
-                             resolve_model)
+from loratune.models import (BASE_ARGS_ATTR, HEAD_NOTE_ATTR, PAD_NOTE_ATTR, load_classifier, load_tokenizer,
+                             quiet_transformers, resolve_model)
 from loratune.store import LABEL_MAP, RECORD_VERSION, SAVED_WRITING_NOTE, RunStore, earlier_run_note, write_json
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
@@ -1428,13 +1428,16 @@ def _write_model(out: Path, model, tokenizer, space: LabelSpace, cfg: RunConfig,
     finally:
         tokenizer.model_max_length = kept
     base = resolve_model(cfg.model)  # base_model_path: what plain transformers loads (README recipe)
+    base_args = getattr(model, BASE_ARGS_ATTR, None)  # (through peft's wrappers: the base model's attribute)
+    base_args = card_base_args({"gguf_file": base.gguf_file}) if not isinstance(base_args, dict) else base_args
     write_json(out / LABEL_MAP, {"labels": list(space.labels), "multi_label": space.multi_label,
                                  "method": cfg.adapter.method, "base_model": cfg.model.name_or_path,
-                                 "base_model_path": base.path, "gguf_file": base.gguf_file,
+                                 "base_model_path": base.path, "gguf_file": base.gguf_file, "base_args": base_args,
                                  "decoding": decoding.to_dict(space.labels) if decoding is not None else None})
     from loratune.store import write_atomic
 
-    write_atomic(out / "README.md", model_card(cfg, space, peft_cfg is not None))  # not peft's blank template
+    # not peft's blank template
+    write_atomic(out / "README.md", model_card(cfg, space, peft_cfg is not None, base_args=base_args))
 
 
 @dataclass(frozen=True)
@@ -1468,16 +1471,50 @@ def saved_model_card(folder: Path, cfg: RunConfig, pick: CardPick | None = None)
 
     label_map = read_json(folder / LABEL_MAP)
     space = LabelSpace(tuple(str(x) for x in label_map["labels"]), bool(label_map["multi_label"]))
-    return model_card(cfg, space, (folder / "adapter_config.json").is_file(), pick)
+    return model_card(cfg, space, (folder / "adapter_config.json").is_file(), pick, card_base_args(label_map))
+
+
+def card_base_args(label_map: dict) -> dict:
+    """The from_pretrained arguments the card's recipes pass for the base (models.BASE_ARGS_ATTR), from a label map:
+    its `base_args`, or for one written before them, its GGUF file."""
+    args = label_map.get("base_args")
+    if isinstance(args, dict):
+        return args
+    return {"gguf_file": label_map["gguf_file"]} if label_map.get("gguf_file") else {}
+
+
+# Why the card's recipe passes each of models.BASE_ARGS_ATTR's arguments, as its comment
+CARD_BASE_ARG_NOTES = {
+    "gguf_file": "BASE is the folder holding this GGUF file",
+}
+
+
+def _card_base_line(cfg: RunConfig, base_args: dict) -> str:
+    """The card's line naming the base model and what BASE stands for in its recipes: the folder (`base_model_path` in
+    label_map.json) when the base is a GGUF file in it or an embedded model, else the model as configured."""
+    name = code_span(cfg.model.name_or_path)
+    if base_args.get("gguf_file"):
+        return (f"- base model: {name}, a GGUF file: BASE below is the folder holding it (`base_model_path` in "
+                f"`label_map.json`: {code_span(resolve_model(cfg.model).path)}), the file is passed as `gguf_file`")
+    return f"- base model (BASE below): {name} (`base_model_path` in `label_map.json` when it is an embedded model)"
+
+
+def _card_head_args(base_args: dict) -> str:
+    """The recipe's lines adding `base_args` to its `head` (what both of its from_pretrained calls pass), each with
+    its reason (CARD_BASE_ARG_NOTES)."""
+    return "".join(f"\nhead[{k!r}] = {v!r}  # {CARD_BASE_ARG_NOTES.get(k, 'as loratune loaded BASE')}"
+                   for k, v in base_args.items())
 
 
 # where a classifier's card says its run record is (card_record)
 RECORD_FILES = ("metrics, curves and the configuration", ("run.json", "history.jsonl", "config.yaml"))
 
 
-def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool, pick: CardPick | None = None) -> str:
+def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool, pick: CardPick | None = None,
+               base_args: dict | None = None) -> str:
     """What the folder holds and how to load it (with loratune, and with plain peft + transformers); `pick`: the folder
-    is a tune study's exported pick (card_record)."""
+    is a tune study's exported pick (card_record); `base_args`: what from_pretrained needs beyond BASE and the head to
+    load the base as loratune did (models.BASE_ARGS_ATTR: a GGUF file in the BASE folder, ignore_mismatched_sizes)."""
     a = cfg.adapter
     kind = (f"a LoRA adapter (r={a.r}, lora_alpha={a.lora_alpha}, targets {', '.join(map(str, a.target_modules))}) "
             "with its trained classification head" if is_adapter else "a fully fine-tuned model")
@@ -1502,7 +1539,8 @@ def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool, pick: CardPi
                 "head = dict(num_labels=len(labels), id2label=dict(enumerate(labels)), "
                 "label2id={label: i for i, label in enumerate(labels)}"
                 + (', problem_type="multi_label_classification"' if space.multi_label else "")
-                + ")\nbase = AutoModelForSequenceClassification.from_pretrained(BASE, **head)\n"
+                + ")" + _card_head_args(base_args or {}) + "\n"
+                "base = AutoModelForSequenceClassification.from_pretrained(BASE, **head)\n"
                 "tokenizer = AutoTokenizer.from_pretrained(\"adapter\")\n"
                 "base.config.pad_token_id = tokenizer.pad_token_id  # a decoder pools its last non-pad token\n"
                 "model = PeftModel.from_pretrained(base, \"adapter\")\n" + score)
@@ -1523,8 +1561,8 @@ def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool, pick: CardPi
             f"This folder holds {kind}, trained by `loratune train` on {code_span(data)} for "
             f"{'multi' if space.multi_label else 'single'}-label classification into {len(space)} labels: "
             f"{labels}.\n\n"
-            f"- base model (BASE below): {code_span(cfg.model.name_or_path)} (`base_model_path` in `label_map.json` "
-            f"when it is an embedded model), `max_length` {cfg.model.max_length} (the recipes below pass it with "
+            + _card_base_line(cfg, base_args or {}) +
+            f", `max_length` {cfg.model.max_length} (the recipes below pass it with "
             "`truncation=True`: the tokenizer and a pipeline cut longer texts there, as `loratune predict` does)\n"
             "- label order: `label_map.json` (logit i is `labels[i]`)\n"
             + card_record(*RECORD_FILES, pick) +

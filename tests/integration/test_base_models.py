@@ -118,3 +118,56 @@ def test_a_base_folder_holding_a_peft_adapter_is_refused_with_the_fix(targets, i
     assert f"model folder '{base}' holds a peft adapter (adapter_config.json)" in err
     assert "train.init_from" in err and "match no linear layer" not in err
     assert not (tmp_path / "run" / "adapter").exists()
+
+
+# --- the adapter card's plain-peft recipes -------------------------------------------------------------------------
+
+AUTO_BLOCK = "(continuing from the code above):\n\n"
+
+
+def test_the_card_recipes_of_a_plain_base_pass_nothing_extra(tiny_bert, intent_data, tmp_path):
+    out = tmp_path / "run"
+    assert _train(tiny_bert, intent_data, out)["status"] == "completed"
+    assert json.loads((out / "adapter" / "label_map.json").read_text())["base_args"] == {}
+    card = (out / "adapter" / "README.md").read_text()
+    assert "ignore_mismatched_sizes" not in card and "gguf_file" not in card
+    _check_card_recipes(out, tiny_bert)
+
+
+def _check_card_recipes(out, base):
+    from support import card_recipe
+
+    texts = ["lost my card please", "what is my balance"]
+    preds = [p["label"] for p in api.predict(str(out), texts)]
+    scope = card_recipe(out, {"BASE": base}, after="Without loratune:\n\n")
+    labels = scope["labels"]
+    batch = scope["tokenizer"](texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert [labels[i] for i in scope["model"].eval()(**batch).logits.argmax(-1).tolist()] == preds
+    printed = []
+    card_recipe(out, {**scope, "print": printed.append}, after=AUTO_BLOCK)  # loads adapter_config.json's base
+    assert printed and printed[0][0]["label"] in labels
+    with torch.no_grad():
+        assert [labels[i] for i in scope["model"].eval()(**batch).logits.argmax(-1).tolist()] == preds
+
+
+def test_the_card_recipe_of_a_gguf_base_names_its_folder_and_passes_the_file(intent_data, tmp_path):
+    """A GGUF base (embedded:smollm2 is one): the card said BASE was the .gguf file, and from_pretrained(BASE, **head)
+    raised OSError; adapter_config.json names the folder, so peft's auto class failed too. Now BASE is the folder and
+    both recipes pass gguf_file (the text is checked here: a GGUF model takes minutes to train; the recipe was run by
+    hand on SmolLM2)."""
+    import re
+
+    from loratune.data import LabelSpace
+    from loratune.train import card_base_args, model_card
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "tiny.gguf").write_bytes(b"GGUF")  # resolve_model reads only its path
+    cfg = load_config(None, overrides(str(tmp_path / "m" / "tiny.gguf"), intent_data, tmp_path / "run"))
+    args = card_base_args({"gguf_file": "tiny.gguf"})  # a label map of a run made before base_args
+    card = model_card(cfg, LabelSpace(("a", "b"), False), True, base_args=args)
+    assert args == {"gguf_file": "tiny.gguf"}
+    assert f"BASE below is the folder holding it (`base_model_path` in `label_map.json`: `{tmp_path / 'm'}`)" in card
+    code = re.findall(r"```python\n(.*?)```", card, re.S)
+    assert "head['gguf_file'] = 'tiny.gguf'" in code[0] and "from_pretrained(BASE, **head)" in code[0]
+    assert "from_pretrained(\"adapter\", **head," in code[1]
