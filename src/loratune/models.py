@@ -319,6 +319,7 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
             raise _hub_error(src, exc) from None
         # the folder is already a classifier, with another label count: loratune trains a fresh head anyway
         model, head_note = _replace_head(cfg, src, kwargs, num_labels, exc)
+        base_args["ignore_mismatched_sizes"] = True
     else:
         if id2label:  # the data's labels known: a head the folder saved at this label count is matched to them
             head_note = _match_own_head(cfg, model, info.get("missing_keys") or (),

@@ -1486,6 +1486,8 @@ def card_base_args(label_map: dict) -> dict:
 # Why the card's recipe passes each of models.BASE_ARGS_ATTR's arguments, as its comment
 CARD_BASE_ARG_NOTES = {
     "gguf_file": "BASE is the folder holding this GGUF file",
+    "ignore_mismatched_sizes": "BASE saved a classification head of another label count: a fresh one replaces it, "
+                               "as in training",
 }
 
 

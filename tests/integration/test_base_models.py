@@ -125,6 +125,18 @@ def test_a_base_folder_holding_a_peft_adapter_is_refused_with_the_fix(targets, i
 AUTO_BLOCK = "(continuing from the code above):\n\n"
 
 
+def test_the_card_recipes_run_as_written_on_a_classifier_base_of_another_label_count(intent_data, tmp_path):
+    """loratune loads a base saved as a 3-label classifier for 4-label data with ignore_mismatched_sizes=True and a fresh
+    head; the card's from_pretrained(BASE, **head) lacked it ('size mismatch for classifier.weight'). Both recipes
+    (PeftModel, and peft's auto class) now run as written and give loratune's predictions."""
+    base = _bert(tmp_path / "clf3", head_labels=3)
+    out = tmp_path / "run"
+    assert _train(base, intent_data, out)["status"] == "completed"
+    _check_card_recipes(out, base)
+    label_map = json.loads((out / "adapter" / "label_map.json").read_text())
+    assert label_map["base_args"] == {"ignore_mismatched_sizes": True}
+
+
 def test_the_card_recipes_of_a_plain_base_pass_nothing_extra(tiny_bert, intent_data, tmp_path):
     out = tmp_path / "run"
     assert _train(tiny_bert, intent_data, out)["status"] == "completed"
