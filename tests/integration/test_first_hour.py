@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,19 @@ def test_the_readme_peft_recipe_runs_as_written(trained, capsys):
     exec(compile(code.replace('run = "runs/latest"', f"run = {str(trained)!r}"), "README", "exec"), {})
     printed = capsys.readouterr().out.strip()
     assert printed == api.predict(trained, ["I lost my card"])[0]["label"]  # the same model as loratune's
+
+
+def test_the_readme_peft_recipe_reads_a_label_map_saved_before_base_args(trained, capsys, tmp_path):
+    # a run saved before label_map.json carried base_args names only its gguf_file (null for a folder base): the
+    # recipe as written must load it too (it raised KeyError: 'base_args')
+    old = tmp_path / "old"
+    shutil.copytree(trained, old)
+    meta = json.loads((old / "adapter" / "label_map.json").read_text())
+    meta.pop("base_args")
+    meta["gguf_file"] = None
+    (old / "adapter" / "label_map.json").write_text(json.dumps(meta))
+    exec(compile(_readme_recipe().replace('run = "runs/latest"', f"run = {str(old)!r}"), "README", "exec"), {})
+    assert capsys.readouterr().out.strip() == api.predict(trained, ["I lost my card"])[0]["label"]
 
 
 def test_the_api_has_the_cli_verbs(trained, tiny_bert, intent_data, tmp_path, monkeypatch):
