@@ -97,11 +97,21 @@ def refuse_adapter_folder(folder: Path, name: str) -> None:
     except (OSError, ValueError, AttributeError):
         base = None
     named = f" (its {ADAPTER_CONFIG} names the base '{base}')" if isinstance(base, str) and base else ""
+    fix = "give the base model as model.name_or_path and this folder as train.init_from to start from the adapter"
+    if holds_model(folder):  # moving the adapter out leaves that model; a pure adapter folder would be left empty
+        fix += f", or move {ADAPTER_CONFIG} and the adapter's weights (adapter_model.*) out of the folder"
     raise UserError(f"model folder '{folder}' holds a peft adapter ({ADAPTER_CONFIG}){named}: transformers would load "
                     "the model with that adapter injected (without a config.json here: the adapter's base model in "
-                    "place of this folder), and loratune would adapt or train on top of it",
-                    "give the base model as model.name_or_path and this folder as train.init_from to start from the "
-                    f"adapter, or move {ADAPTER_CONFIG} and the adapter's weights (adapter_model.*) out of the folder")
+                    "place of this folder), and loratune would adapt or train on top of it", fix)
+
+
+def holds_model(folder: Path) -> bool:
+    """Whether a folder holds a model of its own: config.json and its weights (store.MODEL_WEIGHT_FILES), or a GGUF
+    file."""
+    from loratune.store import MODEL_WEIGHT_FILES
+
+    return bool(folder_ggufs(folder)) or ((folder / "config.json").is_file()
+                                          and any((folder / f).is_file() for f in MODEL_WEIGHT_FILES))
 
 
 def folder_ggufs(folder: Path) -> list[str]:

@@ -34,8 +34,10 @@ FINAL = "final"  # a tune study's export of its pick (adapter, config, study.jso
 # read the folder as a study (report.model.is_study_dir)
 STUDY_MARKERS = (STUDY_DB, DECISIONS, TRIALS, f"{FINAL}/study.json")
 # what a saved model's folder holds its weights in: peft's adapter, or a fully fine-tuned model (sharded or not)
-WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
-                "pytorch_model.bin", "pytorch_model.bin.index.json")
+ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json")
+WEIGHT_FILES = ADAPTER_WEIGHT_FILES + MODEL_WEIGHT_FILES
 LABEL_MAP = "label_map.json"
 # in adapter/: the step of the model the folder holds, so a reader can tell it is the one run.json's saved_model names
 SAVED_STEP = "saved_step.json"

@@ -120,6 +120,26 @@ def test_a_base_folder_holding_a_peft_adapter_is_refused_with_the_fix(targets, i
     assert not (tmp_path / "run" / "adapter").exists()
 
 
+def test_a_pure_adapter_folder_as_the_base_is_refused_without_the_move_fix(tmp_path, capsys):
+    """A folder holding only a peft adapter (no config.json, no model weights) given as the base: the refusal offered
+    "or move adapter_config.json and the adapter's weights out of the folder", which leaves no model at all. Now the
+    fix names train.init_from alone; a folder that also holds a model keeps the move half."""
+    from loratune.errors import UserError
+    from loratune.models import resolve_model
+
+    both = _with_adapter(tmp_path)
+    pure = tmp_path / "pure"
+    pure.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (pure / name).write_bytes((tmp_path / "both" / name).read_bytes())
+    with pytest.raises(UserError) as pure_err:
+        resolve_model(ModelConfig(name_or_path=str(pure)))
+    assert "train.init_from" in pure_err.value.fix and "move" not in pure_err.value.fix
+    with pytest.raises(UserError) as both_err:
+        resolve_model(ModelConfig(name_or_path=both))
+    assert "train.init_from" in both_err.value.fix and "move adapter_config.json" in both_err.value.fix
+
+
 # --- the adapter card's plain-peft recipes -------------------------------------------------------------------------
 
 AUTO_BLOCK = "(continuing from the code above):\n\n"
