@@ -20,7 +20,7 @@ from loratune import library_warnings
 from loratune.config import AdapterConfig, RunConfig, parse_layers
 from loratune.errors import UserError
 from loratune.heads import head_modules
-from loratune.precision import full_weight, under
+from loratune.precision import full_nbytes, full_weight, under
 
 # model_type -> block prefix regex (group 1 = layer index) and group -> module name inside a block.
 _BERT_LIKE = {
@@ -582,7 +582,7 @@ def merged_for_eval(model):
     zero, merge = [], []
     for m, a in _plain_lora_layers(model):
         (merge if torch.count_nonzero(m.lora_B[a].weight) else zero).append((m, a))
-    if sum(m.base_layer.weight.numel() * full_weight(m.base_layer.weight).element_size() for m, _ in merge) \
+    if sum(full_nbytes(m.base_layer.weight) for m, _ in merge) \
             > EVAL_MERGE_MAX_BYTES:
         merge = []
     swapped, off = [], []

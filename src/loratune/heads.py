@@ -18,6 +18,9 @@ BASE_HEAD_PARTS = ("pooler",)
 UNUSED_BASE_PARTS = {"big_bird": ("pooler",)}
 # A model without a base model (no `base_model_prefix` child): its head is found by these last name parts.
 HEAD_NAMES = ("classifier", "score", "pooler")
+# The output projection to the vocabulary: in float32 under bf16 autocast, so the logits and the loss over
+# the whole vocabulary keep full precision (as the classification head does in train.py).
+LM_HEAD_NAMES = ("lm_head", "embed_out")  # Llama-style and GPT-NeoX names
 
 
 def transformers_model(model):
@@ -32,7 +35,7 @@ def head_modules(model) -> list[str]:
     model = transformers_model(model)
     lm_head = getattr(model, "get_output_embeddings", None)
     if callable(lm_head) and lm_head() is not None:
-        return []  # a language model: its output layer is the LM head (sft.LM_HEAD_NAMES), no classification head
+        return []  # a language model: its output layer is the LM head (LM_HEAD_NAMES), no classification head
     prefix = getattr(model, "base_model_prefix", "") or ""
     base = getattr(model, prefix, None) if prefix else None
     if base is None or base is model or not hasattr(base, "named_children"):

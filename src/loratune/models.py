@@ -271,11 +271,49 @@ def align_pad_token_id(model, pad_token_id: int | None) -> str | None:
 LOAD_DTYPE = "float32"
 
 
-def weights_kwargs() -> dict:
-    """The from_pretrained argument that loads a base model's weights in LOAD_DTYPE."""
+def weights_kwargs(src: ModelSource | None = None, frozen_bf16: bool = False) -> dict:
+    """The from_pretrained argument that loads a base model's weights: in LOAD_DTYPE, or in bf16 where the run may
+    load them so (`frozen_bf16`: precision.load_in_bf16) and the checkpoint was saved in bf16 (`saved_bf16`); the
+    loader then makes the rest float32 (`settle_bf16_load`)."""
     import torch
 
+    if frozen_bf16 and src is not None and saved_bf16(src):
+        return {"dtype": torch.bfloat16}
     return {"dtype": getattr(torch, LOAD_DTYPE)}
+
+
+# safetensors' names of the floating dtypes, in its header
+SAFETENSORS_FLOATS = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
+
+
+def saved_bf16(src: ModelSource) -> bool:
+    """Whether every floating tensor of the checkpoint was saved in bf16, read from its safetensors files' headers
+    (config.json's dtype may say otherwise); False for a GGUF file, a pickle checkpoint, a hub id not in the cache."""
+    folder = Path(src.path) if src.is_local else hub_snapshot(src)
+    if src.gguf_file or folder is None:
+        return False
+    from loratune.store import ADAPTER_WEIGHT_FILES
+
+    files = [f for f in folder.glob("*.safetensors") if f.name not in ADAPTER_WEIGHT_FILES]
+    dtypes = set()
+    try:
+        for f in files:
+            with f.open("rb") as fh:
+                header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+            dtypes |= {v.get("dtype") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    except (OSError, ValueError):
+        return False
+    return bool(files) and (dtypes & SAFETENSORS_FLOATS) == {"BF16"}
+
+
+def settle_bf16_load(model, head_names) -> None:
+    """A model loaded in bf16 (weights_kwargs): all but the frozen linear layers' weights float32 (precision.upcast_unheld)."""
+    import torch
+
+    from loratune import precision
+
+    if any(p.dtype == torch.bfloat16 for p in model.parameters()):
+        precision.upcast_unheld(model, head_names)
 
 
 # The note align_pad_token_id gave when loading a classifier, kept on the model object (never in its saved config).
@@ -297,7 +335,8 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
     PAD_NOTE_ATTR). The head is fresh, unless the folder saved one at this label count: then, given the data's labels
     (`id2label`), it is matched to them by name (own_head_case); what became of a folder's own head is the model's
     HEAD_NOTE_ATTR; what a plain transformers load of the base needs (a GGUF file, ignore_mismatched_sizes) is its
-    BASE_ARGS_ATTR."""
+    BASE_ARGS_ATTR. Its weights float32 (LOAD_DTYPE): a fresh head drawn in bf16 would differ from a float32
+    load's."""
     from transformers import AutoModelForSequenceClassification
 
     src = resolve_model(cfg)
@@ -443,10 +482,11 @@ def _some(names: list[str], most: int = 8) -> str:
     return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
-def load_causal_lm(cfg: ModelConfig, pad_token_id: int | None = None):
+def load_causal_lm(cfg: ModelConfig, pad_token_id: int | None = None, frozen_bf16: bool = False):
     """AutoModelForCausalLM (task causal-lm): any decoder transformers loads, from a folder, a hub id or a
     GGUF file (dequantised to float32). Its pad id is `pad_token_id`, else the tokenizer's (decoders often
-    ship without one; a GGUF tokenizer takes seconds to load, so the caller who has it passes the id)."""
+    ship without one; a GGUF tokenizer takes seconds to load, so the caller who has it passes the id).
+    `frozen_bf16`: the run may load a bf16 checkpoint's frozen weights in bf16 (weights_kwargs)."""
     from transformers import AutoModelForCausalLM
 
     src, kwargs = _source_kwargs(cfg)
@@ -454,7 +494,8 @@ def load_causal_lm(cfg: ModelConfig, pad_token_id: int | None = None):
     refuse_encoder_as_causal_lm(cfg, config)
     try:
         with quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(src.path, config=config, **weights_kwargs(), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(src.path, config=config, **weights_kwargs(src, frozen_bf16),
+                                                         **kwargs)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "AutoModelForCausalLM" in str(exc):
             raise UserError(f"model '{cfg.name_or_path}' has no causal-LM class in transformers (an encoder?)",
@@ -465,6 +506,9 @@ def load_causal_lm(cfg: ModelConfig, pad_token_id: int | None = None):
         raise _hub_error(src, exc) from None
     if src.gguf_file:
         forget_gguf_quantizer(model)
+    from loratune.heads import LM_HEAD_NAMES
+
+    settle_bf16_load(model, LM_HEAD_NAMES)
     if pad_token_id is None:
         pad_token_id = load_tokenizer(cfg).pad_token_id
     check_pad_id(model, pad_token_id, cfg)

@@ -169,7 +169,9 @@ def frozen_weights_in_bf16(model, head_names: Iterable[str], skip: Iterable = ()
     head's (the modules at the paths `head_names` and inside them, `under`; float32 by `head_in_fp32`), not an
     adapter's own (ADAPTER_PARTS), not a DoRA or other variant layer's base, not the modules in `skip` or inside them (a part some
     forward runs outside autocast), not a weight shared with another module (an output projection tied to the
-    embeddings). Returns how many layers changed."""
+    embeddings). A weight a checkpoint loaded in bf16 left in bf16 (`load_in_bf16`) is held as it is (its float32
+    original: its exact upcast), or made float32 where it is not to be held. Returns how many layers hold their
+    weights in bf16 (run.json precision.frozen_linear_bf16)."""
     import torch
 
     heads = tuple(head_names)
@@ -184,24 +186,98 @@ def frozen_weights_in_bf16(model, head_names: Iterable[str], skip: Iterable = ()
     changed = 0
     for name, mod in model.named_modules():
         parts = name.split(".")
-        if not isinstance(mod, torch.nn.Linear) or id(mod) in skipped or under(name, heads) \
-                or any(part.startswith(ADAPTER_PARTS) for part in parts):
+        if not isinstance(mod, torch.nn.Linear):
             continue
-        w = mod.weight
-        if w.requires_grad or w.dtype != torch.float32 or uses[id(w)] > 1:
+        w, bias = mod.weight, mod.bias
+        if id(mod) in skipped or under(name, heads) or any(part.startswith(ADAPTER_PARTS) for part in parts) \
+                or w.requires_grad or uses[id(w)] > 1 or w.dtype not in (torch.float32, torch.bfloat16):
+            # not held in bf16: float32, also where a checkpoint loaded in bf16 left it so (load_in_bf16), exact
+            for p in (w, bias):
+                if p is not None and p.dtype == torch.bfloat16:
+                    p.data = p.data.float()
             continue
-        if parts[-1] == "base_layer" and keep_full:
-            _full_weights()[w] = w.data
-        w.data = w.data.to(torch.bfloat16)
-        if mod.bias is not None and not mod.bias.requires_grad and uses[id(mod.bias)] == 1:
-            mod.bias.data = mod.bias.data.to(torch.bfloat16)
+        if w.dtype == torch.float32:
+            if parts[-1] == "base_layer" and keep_full:
+                _full_weights()[w] = w.data
+            w.data = w.data.to(torch.bfloat16)
+        # else loaded in bf16 (load_in_bf16): the checkpoint's own values, its float32 original their exact upcast
+        if bias is not None and uses[id(bias)] == 1:
+            bias.data = bias.data.to(torch.bfloat16 if not bias.requires_grad else torch.float32)
         changed += 1
     return changed
 
 
 def full_weight(weight):
-    """The float32 tensor a weight held in bf16 by `frozen_weights_in_bf16` was cast from; else its own data."""
-    return weight.data if _FULL_WEIGHTS is None else _FULL_WEIGHTS.get(weight, weight.data)
+    """The float32 tensor a weight held in bf16 by `frozen_weights_in_bf16` was cast from (on the weight's device: the
+    cast runs before the model moves there, and the original stays on the host); for a weight loaded in bf16
+    (load_in_bf16), its exact float32 upcast; else its own data."""
+    full = None if _FULL_WEIGHTS is None else _FULL_WEIGHTS.get(weight)
+    if full is not None:
+        return full.to(weight.device)
+    return weight.data.float() if weight.dtype == torch_bf16() else weight.data
+
+
+def full_nbytes(weight) -> int:
+    """The bytes `full_weight` gives for `weight`, without making it."""
+    return weight.numel() * (4 if weight.dtype == torch_bf16() else weight.element_size())
+
+
+def torch_bf16():
+    import torch
+
+    return torch.bfloat16
+
+
+def load_in_bf16(precision: Precision, sharded: bool, adapter) -> bool:
+    """Whether a base checkpoint saved in bf16 may be loaded with its weights in bf16 (models.weights_kwargs; the causal LM: a classifier's fresh head would be drawn in bf16), sparing
+    the float32 copy of every frozen weight that `frozen_weights_in_bf16` would cast back to bf16 (a 7B model: 14 GB
+    instead of 28): a run that holds its frozen weights in bf16 (bf16 autocast, not sharded by FSDP, which shards by
+    dtype) training a plain LoRA adapter, whose A and B are drawn apart from the base (not method full, whose every
+    weight trains in float32; not DoRA, whose base layer stays float32; not pissa / olora, whose init rewrites the
+    base weight). The rest of the model is made float32 at once (`upcast_unheld`), the adapter is made float32 (
+    `adapters_in_float32`): the run computes what a float32 load of the checkpoint computes (bf16 -> float32 -> bf16
+    is exact). A checkpoint saved in fp16 is loaded in float32 (fp16 -> bf16 rounds)."""
+    return (precision.autocast and not sharded and adapter.method == "lora" and not adapter.use_dora
+            and adapter.init_lora_weights not in ("pissa", "olora"))
+
+
+def upcast_unheld(model, head_names: Iterable[str]) -> None:
+    """After a load in bf16 (load_in_bf16): every floating weight and buffer float32, except the linear layers'
+    weights and biases that `frozen_weights_in_bf16` holds in bf16 (not the head's, not one tied to another module;
+    the adapter's and what it trains are settled there). The embeddings, norms and the head: float32 as after a float32
+    load, their values exact."""
+    import torch
+
+    heads = tuple(head_names)
+    uses: dict[int, int] = {}
+    for mod in model.modules():
+        for p in mod.parameters(recurse=False):
+            uses[id(p)] = uses.get(id(p), 0) + 1
+    for name, mod in model.named_modules():
+        held = isinstance(mod, torch.nn.Linear) and not under(name, heads) and uses[id(mod.weight)] == 1
+        for pname, t in [*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)]:
+            if t.dtype != torch.bfloat16 or (held and (pname == "weight" or (pname == "bias" and uses[id(t)] == 1))):
+                continue
+            t.data = t.data.float()
+
+
+@contextlib.contextmanager
+def adapters_in_float32(model):
+    """Around peft's get_peft_model on a model loaded in bf16 (load_in_bf16): peft moves a new adapter to its base
+    layer's dtype (bf16: A's float32 draw rounded) and autocast_adapter_dtype casts it back to float32 after, so the
+    run would start from other A's than a float32 load's. peft reads a base layer's `compute_dtype` before its weight's
+    dtype (its rule for bitsandbytes layers): float32 there for the call keeps the draw as drawn."""
+    import torch
+
+    marked = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.bfloat16
+              and not hasattr(m, "compute_dtype")]
+    for m in marked:
+        m.compute_dtype = torch.float32
+    try:
+        yield
+    finally:
+        for m in marked:
+            del m.compute_dtype
 
 
 def _full_weights():

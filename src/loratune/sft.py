@@ -59,7 +59,7 @@ from loratune.adapt import apply_adapter, count_params, num_layers, warm_start
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.data import VALIDATED_ON, data_seed_record, validated_on
 from loratune.generation import PromptItem, load_prompt_set, score_prompt_set
-from loratune.heads import transformers_model
+from loratune.heads import LM_HEAD_NAMES, transformers_model
 from loratune.metrics import parse_labels, prediction_scores, top_unknown_outputs
 from loratune.objectives import (NOTHING_KEPT, PROMPT_GROUPS, PROMPT_OBJECTIVE_SCORES, Patience, keep_order, keeps,
                                  lm_metrics, objective as objective_named, prompt_key)
@@ -118,9 +118,6 @@ GEN_BATCH = 16  # prompts generated together (left-padded)
 # tokens a step of 16 rows in three measurements (bench/sft_eval_cost.py); 100, the dear end, since the budget
 # is a ceiling. A prompt token costs one.
 DECODE_STEP_TOKENS = 100
-# The output projection to the vocabulary: in float32 under bf16 autocast, so the logits and the loss over
-# the whole vocabulary keep full precision (as the classification head does in train.py).
-LM_HEAD_NAMES = ("lm_head", "embed_out")  # Llama-style and GPT-NeoX names
 
 
 # ----------------------------------------------------------------------------------------------
@@ -734,20 +731,24 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
     timing: dict[str, float] = {}
     with timed(timing, "load_model"):
         tokenizer = load_tokenizer(cfg.model)
-        base = load_causal_lm(cfg.model, tokenizer.pad_token_id)
-        model, sites = apply_adapter(base, cfg.adapter, task="causal-lm")
+        # a checkpoint saved in bf16 loads its frozen weights in bf16 where the run holds them so (no float32 copy)
+        base = load_causal_lm(cfg.model, tokenizer.pad_token_id,
+                              frozen_bf16=precision_mod.load_in_bf16(precision, ranks.sharded, cfg.adapter))
+        with precision_mod.adapters_in_float32(base):
+            model, sites = apply_adapter(base, cfg.adapter, task="causal-lm")
         warm = warm_start(model, cfg) if cfg.train.init_from else None
-    model.to(device)
-    model.train()
     inputs_as_is, frozen_bf16 = 0, 0
     if autocast:
         precision_mod.head_in_fp32(model, LM_HEAD_NAMES, device.type)
         inputs_as_is = precision_mod.adapter_inputs_as_is(model)  # a bf16 input is not copied to fp32 and back
         # every forward (training, the loss scoring, generation) runs under autocast: the frozen weights are
         # held in bf16 (the cast autocast would make at every matmul, paid once; half the bytes a decode step
-        # reads). Not under FSDP, which shards and gathers parameters by their dtype; nothing is merged here.
+        # reads), cast before the model moves to the device (which then holds them in bf16 only). Not under FSDP,
+        # which shards and gathers parameters by their dtype; nothing is merged here.
         if not ranks.sharded:
             frozen_bf16 = precision_mod.frozen_weights_in_bf16(model, LM_HEAD_NAMES, keep_full=False)
+    model.to(device)
+    model.train()
     dropout = kernels.dropout_record(kernels.uniform_dropout(model, device.type))  # CPU: masks from random 16-bit lanes
     params = count_params(model, sites, cfg.adapter.method)
     pad_id = tokenizer.pad_token_id

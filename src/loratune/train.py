@@ -965,16 +965,23 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
 
     with timed(timing, "load_model"):
         tokenizer = load_tokenizer(cfg.model)
+        # loaded in float32 whatever the checkpoint's dtype: a fresh head drawn in bf16 (a bf16 load) would start
+        # elsewhere than a float32 load's; the frozen weights are cast to bf16 below, before the model moves
         base = load_classifier(cfg.model, len(space), space.multi_label, dict(enumerate(space.labels)),
                                tokenizer.pad_token_id)
         model, sites = apply_adapter(base, cfg.adapter)
         warm = warm_start(model, cfg, list(space.labels)) if cfg.train.init_from else None
-    model.to(device)
-    model.train()
-    inputs_as_is = 0
+    inputs_as_is, frozen_bf16 = 0, 0
     if autocast:
         precision_mod.head_in_fp32(model, head_modules(model), device.type)
         inputs_as_is = precision_mod.adapter_inputs_as_is(model)  # a bf16 input is not copied to fp32 and back
+        # the frozen weights held in bf16 before the model moves to the device (which then holds them in bf16 only;
+        # a LoRA layer's float32 original stays on the host for evaluation's merge, precision.full_weight); the
+        # frozen-prefix cache below hashes them so (a weight's dtype is in its key) and computes its states under
+        # autocast (prefix_cache.Splice.capture), as with float32 weights
+        frozen_bf16 = precision_mod.frozen_weights_in_bf16(model, head_modules(model))
+    model.to(device)
+    model.train()
     dropout = kernels.dropout_record(kernels.uniform_dropout(model, device.type),  # CPU: masks from random 16-bit lanes
                                      kernels.lane_attention(model, device.type))
     pooled = pooled_block.attach(model, cfg.train.pooled_last_block)  # a first-token head: its last block there only
@@ -998,10 +1005,6 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
                                                                        cfg.model.max_length),
                                           autocast, layout=scoring_layout(cfg.model.max_length),
                                           scoring=[train_eval_enc, val_enc])  # recorded scores: exact states
-    frozen_bf16 = 0
-    if autocast:  # after the cache hashed the frozen prefix's weights (the same key as a float32 model's): the
-        # prefix's layers too, as the cache computes its states under autocast (prefix_cache.Splice.capture)
-        frozen_bf16 = precision_mod.frozen_weights_in_bf16(model, head_modules(model))
     if cfg.train.slices:  # each validation text compared with the training texts (eval_extras.assign_slices)
         say_phase(progress, f"finding the evaluation slices of {len(dataset.validation):,} validation texts "
                             f"({len(dataset.train):,} training texts)")

@@ -87,6 +87,118 @@ def test_a_half_precision_base_trains_with_a_float32_head_and_a_true_precision_r
     assert {str(t.dtype) for t in saved_weights.values()} == {"torch.float32"}
 
 
+def _llama(folder, dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _save_tokenizer(folder)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                                 bos_token_id=2, eos_token_id=3, initializer_range=0.2)).to(dtype).save_pretrained(folder)
+    return str(folder)
+
+
+def _dtypes(model) -> dict[str, set]:
+    """The parameters' dtypes by kind: the body's frozen linear weights, the LoRA weights, and the rest (the head,
+    the embeddings, the norms)."""
+    kinds: dict[str, set] = {"frozen_linear": set(), "lora": set(), "rest": set()}
+    linear = {f"{n}.{k}" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) for k in ("weight", "bias")}
+    for name, p in model.named_parameters():
+        kind = ("lora" if "lora_" in name else "frozen_linear" if name in linear
+                and not any(h in name for h in ("lm_head", "classifier", "pooler")) else "rest")
+        kinds[kind].add(p.dtype)
+    return kinds
+
+
+@pytest.mark.parametrize("saved", [torch.bfloat16, torch.float16, torch.float32])
+def test_a_bf16_checkpoint_loads_its_frozen_weights_in_bf16_only_where_the_run_holds_them_so(saved, tmp_path):
+    """Loaded in float32 always, a bf16 checkpoint's every frozen weight took a float32 copy that bf16 training cast
+    back (a 7B model: 28 GB instead of 14 at its peak, on the device too). Now, for a run that holds them in bf16
+    (frozen_bf16), a bf16 checkpoint's frozen linear weights load in bf16, and the rest (head, embeddings, norms) in
+    float32; an fp16 or float32 checkpoint, and any other run, load float32."""
+    from loratune.models import load_causal_lm, load_classifier
+
+    lm = _llama(tmp_path / "lm", saved)
+    for frozen_bf16 in (True, False):
+        want = torch.bfloat16 if frozen_bf16 and saved == torch.bfloat16 else torch.float32
+        kinds = _dtypes(load_causal_lm(ModelConfig(name_or_path=lm), frozen_bf16=frozen_bf16))
+        assert kinds["frozen_linear"] == {want} and kinds["rest"] == {torch.float32}
+    # the classifier loads float32 (its fresh head's draw as a float32 load's): bf16 training casts its frozen weights
+    kinds = _dtypes(load_classifier(ModelConfig(name_or_path=_bert(tmp_path / "bert", saved)), 3, False))
+    assert kinds["frozen_linear"] == kinds["rest"] == {torch.float32}
+
+
+def _sft_run(lm, sft_data, out, monkeypatch, precision, bf16_load=True):
+    """An SFT run of 3 steps on `lm`; returns (run.json, history, the trained model's dtypes by kind)."""
+    from loratune import cli
+    from loratune import precision as precision_mod
+    from loratune import sft
+
+    from test_sft import sft_overrides
+
+    seen = {}
+    load = sft.load_causal_lm
+
+    def capture(*args, **kwargs):
+        if not bf16_load:
+            kwargs["frozen_bf16"] = False
+        seen["model"] = load(*args, **kwargs)
+        return seen["model"]
+
+    monkeypatch.setattr(sft, "load_causal_lm", capture)
+    assert cli.main(["train", "-q", *sft_overrides(lm, sft_data, out, max_steps=3, eval_steps=1, precision=precision,
+                                                   target_modules="[attn.q, attn.v, ffn.out]")]) == 0
+    monkeypatch.undo()
+    run = json.loads((out / "run.json").read_text())
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines() if x.strip()]
+    return run, history, _dtypes(seen["model"])
+
+
+def test_a_bf16_checkpoint_trains_as_its_float32_load_did(tmp_path, monkeypatch):
+    """A bf16 checkpoint trained under bf16 with its frozen weights loaded in bf16 (half the memory): the body's
+    frozen linear weights bf16, the head, embeddings, norms and LoRA weights float32, and every loss and the record
+    the same as with the float32 load (bf16 -> float32 -> bf16 is exact; the LoRA draw kept float32). Under fp32:
+    every weight float32."""
+    from transformers import LlamaForCausalLM
+
+    from sft_support import tiny_sft_inputs
+
+    lm, sft_data = tiny_sft_inputs(tmp_path)
+    LlamaForCausalLM.from_pretrained(lm).to(torch.bfloat16).save_pretrained(lm)
+    run, history, kinds = _sft_run(lm, sft_data, tmp_path / "bf16", monkeypatch, "bf16")
+    assert kinds == {"frozen_linear": {torch.bfloat16}, "lora": {torch.float32}, "rest": {torch.float32}}
+    ref_run, ref_history, ref_kinds = _sft_run(lm, sft_data, tmp_path / "ref", monkeypatch, "bf16", bf16_load=False)
+    assert ref_kinds == kinds  # the float32 load, cast by frozen_weights_in_bf16
+    assert run["precision"] == ref_run["precision"] and run["precision"]["frozen_linear_bf16"] == 2 * 7
+    assert any(p.get("train/loss") for p in history)
+    assert [p.get("train/loss") for p in history] == [p.get("train/loss") for p in ref_history]
+    assert [p.get("val/loss") for p in history] == [p.get("val/loss") for p in ref_history]
+    fp32_run, _, fp32_kinds = _sft_run(lm, sft_data, tmp_path / "fp32", monkeypatch, "fp32")
+    assert {d for v in fp32_kinds.values() for d in v} == {torch.float32}
+    assert fp32_run["precision"]["dtype"] == "float32" and fp32_run["precision"]["frozen_linear_bf16"] == 0
+
+
+def test_bf16_training_casts_the_classifiers_frozen_weights_before_the_model_moves(intent_data, tmp_path,
+                                                                                   monkeypatch):
+    """model.to(device) ran before the frozen weights were cast to bf16: a GPU held the whole float32 model first (a
+    7B model: 28 GB where 14 were planned). Now the cast comes first: the model reaches the device with its frozen
+    linear weights in bf16, and trains as before."""
+    import torch.nn as nn
+
+    moved = []
+    to = nn.Module.to
+
+    def spy(self, *args, **kwargs):
+        if args and isinstance(args[0], torch.device) and any("lora_" in n for n, _ in self.named_parameters()):
+            moved.append({p.dtype for p in self.parameters()})
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Module, "to", spy)
+    run = _train(_bert(tmp_path / "base", torch.bfloat16), intent_data, tmp_path / "run", precision="bf16")
+    assert run["status"] == "completed" and run["precision"]["frozen_linear_bf16"] > 0
+    assert moved and torch.bfloat16 in moved[0]
+
+
 # --- a base folder that also holds a peft adapter ------------------------------------------------------------------
 
 def _with_adapter(tmp_path):

@@ -182,11 +182,14 @@ def test_frozen_weights_in_bf16_give_the_same_products_under_autocast():
     base = held.base_model.model
     full = precision.full_weight(base.up.base_layer.weight)
     assert full.dtype == torch.float32 and torch.equal(full, originals["base_model.model.up.base_layer.weight"])
-    assert precision.full_weight(base.mix.weight).dtype == torch.bfloat16  # no adapter to merge: no original kept
+    mix = precision.full_weight(base.mix.weight)  # no adapter to merge: no original kept, its exact upcast
+    assert mix.dtype == torch.float32 and torch.equal(mix, base.mix.weight.float())
     out0, grads0 = run(plain)
     out1, grads1 = run(held)
     assert torch.equal(out0, out1) and all(torch.equal(a, b) for a, b in zip(grads0, grads1))
-    assert precision.frozen_weights_in_bf16(held, ("classifier",)) == 0  # already held in bf16
+    before = {n: (p.data_ptr(), p.dtype) for n, p in held.named_parameters()}
+    assert precision.frozen_weights_in_bf16(held, ("classifier",)) == 3  # already held in bf16: counted, unchanged
+    assert {n: (p.data_ptr(), p.dtype) for n, p in held.named_parameters()} == before
     # a DoRA layer reads its base weight itself (column norms): its base stays float32, as its input cast does
     dora = _lora_mlp(use_dora=True)
     assert precision.frozen_weights_in_bf16(dora, ("classifier",)) == 0
