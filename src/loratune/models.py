@@ -307,7 +307,8 @@ def saved_bf16(src: ModelSource) -> bool:
 
 
 def settle_bf16_load(model, head_names) -> None:
-    """A model loaded in bf16 (weights_kwargs): all but the frozen linear layers' weights float32 (precision.upcast_unheld)."""
+    """A model loaded in bf16 (weights_kwargs): all but the frozen linear layers' weights made float32
+    (precision.upcast_unheld)."""
     import torch
 
     from loratune import precision

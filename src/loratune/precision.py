@@ -229,7 +229,8 @@ def torch_bf16():
 
 
 def load_in_bf16(precision: Precision, sharded: bool, adapter) -> bool:
-    """Whether a base checkpoint saved in bf16 may be loaded with its weights in bf16 (models.weights_kwargs; the causal LM: a classifier's fresh head would be drawn in bf16), sparing
+    """Whether a base checkpoint saved in bf16 may be loaded with its weights in bf16 (models.weights_kwargs; the
+    causal LM only: a classifier's fresh head would be drawn in bf16), sparing
     the float32 copy of every frozen weight that `frozen_weights_in_bf16` would cast back to bf16 (a 7B model: 14 GB
     instead of 28): a run that holds its frozen weights in bf16 (bf16 autocast, not sharded by FSDP, which shards by
     dtype) training a plain LoRA adapter, whose A and B are drawn apart from the base (not method full, whose every

@@ -94,7 +94,8 @@ def _llama(folder, dtype):
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                  num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                                 bos_token_id=2, eos_token_id=3, initializer_range=0.2)).to(dtype).save_pretrained(folder)
+                                 bos_token_id=2, eos_token_id=3, initializer_range=0.2)
+                     ).to(dtype).save_pretrained(folder)
     return str(folder)
 
 
@@ -102,7 +103,8 @@ def _dtypes(model) -> dict[str, set]:
     """The parameters' dtypes by kind: the body's frozen linear weights, the LoRA weights, and the rest (the head,
     the embeddings, the norms)."""
     kinds: dict[str, set] = {"frozen_linear": set(), "lora": set(), "rest": set()}
-    linear = {f"{n}.{k}" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) for k in ("weight", "bias")}
+    linear = {f"{n}.{k}" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+              for k in ("weight", "bias")}
     for name, p in model.named_parameters():
         kind = ("lora" if "lora_" in name else "frozen_linear" if name in linear
                 and not any(h in name for h in ("lm_head", "classifier", "pooler")) else "rest")
