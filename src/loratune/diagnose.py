@@ -521,8 +521,10 @@ def evaluate_rule(rule: Rule, features: CurveFeatures, thresholds: Mapping[str, 
         pool = list(dict.fromkeys(own)) or leaves
         # a kind gate (`generative`, `classifier`) or a gate (`Cond.gate`: a full fine-tune's lr below its range's
         # top) says which runs a route is for: no evidence of the verdict
-        gates = {cl for g in _gates(rule.when) for cl in g.leaves()}
-        known_true = sum(1 for cl in pool if ev[cl].passed and cl.feature not in KIND_FEATURES and cl not in gates)
+        # (a gate's clause read again in a route, the same feature, op and threshold, is the gate's, not evidence)
+        gates = {(cl.feature, cl.op, cl.threshold) for g in _gates(rule.when) for cl in g.leaves()}
+        known_true = sum(1 for cl in pool if ev[cl].passed and cl.feature not in KIND_FEATURES
+                         and (cl.feature, cl.op, cl.threshold) not in gates)
         if any(cl.required for cl in unknown) or len(unknown) == len(pool):
             return NotEvaluated(rule.id, missing)
         if known_true < len(unknown):

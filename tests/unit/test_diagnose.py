@@ -1117,3 +1117,18 @@ def test_a_full_fine_tunes_slow_steady_fall_above_its_range_is_not_healthy(lr):
     # the same curve inside the range, or a LoRA run's: lr-too-small, as before
     assert verdict(_at_lr(s.lr_too_small(), 3e-5), {**META, "method": "full"}).verdict == "lr-too-small"
     assert verdict(_at_lr(s.lr_too_small(), 2e-4), {**META, "method": "lora"}).verdict == "lr-too-small"
+
+
+@pytest.mark.parametrize("lr", [2e-4, 5e-4])
+def test_a_gates_lr_clause_read_again_in_a_route_is_no_evidence(lr):
+    """lr-too-large's full route reads `peak_lr >= high_lr_min` as its gate (required) and again in its stuck-high
+    branch: two leaves of one clause, and only the gate's was left out of the positive evidence, so a full fine-tune's
+    logged lr counted once as evidence: a flat loss-only run at ln C read lr-too-large (tentative, 0.12) and
+    suppressed `collapsed` (0.68, learning_rate /2, check data). A clause equal to a gate's is the gate's."""
+    L = s.lnk()
+    flat = s.make_history(train_loss=lambda f: L, val_loss=lambda f: L, val_f1=lambda f: 0.1, train_f1=lambda f: 0.1)
+    pts = [{**{k: v for k, v in p.items() if not k.startswith(("val/macro", "val/acc", "train_eval"))}, "lr": lr}
+           for p in flat]
+    d = diagnose(pts, meta={"status": "completed", "method": "full"})
+    assert d.verdict == "collapsed"
+    assert not d.fired("lr-too-large", active_only=False)
