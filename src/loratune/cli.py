@@ -11,8 +11,9 @@ import argparse
 import errno
 import importlib
 import sys
+from pathlib import Path
 
-from loratune.errors import NAME_MAX, UserError
+from loratune.errors import NAME_MAX, PATH_MAX, UserError
 
 # Order is the order shown in `loratune --help`.
 COMMAND_MODULES = (
@@ -143,11 +144,19 @@ def main(argv: list[str] | None = None) -> int:
         if exc.errno != errno.ENAMETOOLONG:
             raise
         # a path named by the user with a name over NAME_MAX bytes that no reader checked first (errors.require_file,
-        # the config's path keys and the output folders do): still the user's input, never a traceback
+        # the config's path keys and the output folders do), or a whole path over PATH_MAX of short names: still the
+        # user's input, never a traceback
+        import os
+
         from loratune.assess.text import printable
 
-        print(f"loratune {args.command}: error: '{printable(str(exc.filename))}' has a name too long for the file "
-              f"system (at most {NAME_MAX} bytes a file or folder name)\n  fix: give a shorter name", file=sys.stderr)
+        named = str(exc.filename)
+        longest = max((len(os.fsencode(part)) for part in Path(named).parts), default=0)
+        what = (f"has a name too long for the file system (at most {NAME_MAX} bytes a file or folder name)"
+                if longest > NAME_MAX else f"is too long for the file system ({len(os.fsencode(named))} bytes; "
+                                           f"at most {PATH_MAX} a whole path)")
+        print(f"loratune {args.command}: error: '{printable(named)}' {what}\n  fix: give a shorter name",
+              file=sys.stderr)
         return 2
     finally:
         sys.stdout, sys.stderr = streams

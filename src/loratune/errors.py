@@ -74,6 +74,7 @@ class ScoresNotRecorded(UserError):
 
 
 NAME_MAX = 255  # bytes in one file or folder name on ext4, xfs, btrfs, APFS, NTFS (in UTF-16 units)
+PATH_MAX = 4096  # bytes in a whole path on Linux (ENAMETOOLONG beyond it, every name short)
 
 
 def name_length_problem(path, name: str, last: str = "folder") -> str | None:

@@ -240,16 +240,17 @@ def read_loratune_run(directory: str | Path) -> RunHistory:
     points, notes = read_history_lines(d / HISTORY)
     meta: dict = {}
     if (d / "run.json").is_file():
-        try:
+        try:  # the parse alone: a value of a valid record that reads wrong is no invalid JSON
             loaded = json.loads((d / "run.json").read_text(encoding="utf-8"))
+        except PARSE_ERRORS:
+            notes.append("run.json is not valid JSON; labels, label counts and status are unknown")
+        else:
             if isinstance(loaded, dict):
                 from loratune.store import with_liveness  # `running` with a dead process -> status `died`, partial
 
                 meta = with_liveness(loaded, d)
             else:  # valid JSON but a list, string, number or null: no field of it can be read
                 notes.append("run.json is not a JSON object; labels, label counts and status are unknown")
-        except PARSE_ERRORS:
-            notes.append("run.json is not valid JSON; labels, label counts and status are unknown")
     else:
         notes.append("no run.json: labels, label counts and status are unknown")
     callback = is_callback_record(meta)

@@ -363,7 +363,9 @@ def with_liveness(run: dict, run_dir: str | Path) -> dict:
         except (TypeError, ValueError):
             pass  # a value no number: the record's own stands
     last = last_sign_of_life(run_dir)
-    if not float(run.get("wall_s") or 0.0) > 0 and run.get("started_at") and last is not None:
+    wall = run.get("wall_s")
+    recorded = isinstance(wall, (int, float)) and not isinstance(wall, bool) and wall > 0  # a value no number: none
+    if not recorded and run.get("started_at") and last is not None:
         from datetime import datetime
 
         try:

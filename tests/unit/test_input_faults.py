@@ -5,6 +5,7 @@ fix (exit 2), never a traceback."""
 from __future__ import annotations
 
 import errno
+import json
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,34 @@ def test_log_entries_at_negative_steps_are_skipped_and_a_log_of_only_those_is_re
         {"log_history": [{"step": -5, "loss": 1.0}, {"step": -1, "eval_loss": 1.0}]}), encoding="utf-8")
     assert main(["diagnose", str(tmp_path)]) == 2  # read as 'no train/loss values' and 'val loss non-finite'
     assert "none with a numeric `step` of 0 or more" in capsys.readouterr().err
+
+
+def test_a_whole_path_too_long_of_short_names_is_said_as_such(monkeypatch, capsys):
+    """ENAMETOOLONG also comes of a whole path over PATH_MAX whose every name is short: the message said a name was
+    over 255 bytes (each was 100)."""
+    from loratune.commands import show
+
+    long_path = "/".join(["x" * 100] * 45)
+
+    def run(args):
+        raise OSError(errno.ENAMETOOLONG, "File name too long", long_path)
+
+    monkeypatch.setattr(show, "run", run)
+    assert main(["show", "somewhere"]) == 2
+    err = capsys.readouterr().err
+    assert f"is too long for the file system ({len(long_path)} bytes; at most 4096 a whole path)" in err
+    assert "at most 255 bytes" not in err
+
+
+def test_a_run_json_value_that_reads_wrong_is_no_invalid_json(tmp_path):
+    """A valid run.json whose wall_s is no number ('abc') was read as 'run.json is not valid JSON' and dropped whole
+    (status unknown): with_liveness raised ValueError inside the parse's try. The record is read; wall_s no number is
+    left as none."""
+    from loratune.history_io import read_loratune_run
+
+    (tmp_path / "run.json").write_text(json.dumps({"status": "running", "wall_s": "abc", "labels": ["a", "b"],
+                                                   "started_at": "2020-01-01T00:00:00"}))
+    (tmp_path / "history.jsonl").write_text('{"step": 0, "val/loss": 0.7}\n{"step": 10, "val/loss": 0.6}\n')
+    h = read_loratune_run(tmp_path)
+    assert not any("not valid JSON" in n for n in h.notes)
+    assert h.meta["status"] == "died" and h.meta["labels"] == ["a", "b"]
