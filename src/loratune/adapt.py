@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from loratune import library_warnings
-from loratune.config import AdapterConfig, RunConfig, parse_layers
+from loratune.config import BASE_REWRITING_INITS, AdapterConfig, RunConfig, parse_layers
 from loratune.errors import UserError
 from loratune.heads import head_modules
 from loratune.precision import full_nbytes, full_weight, under
@@ -306,7 +306,7 @@ FULL_WEIGHT_FILE = "model.safetensors"  # what save_pretrained writes for a full
 WARM_START_KEYS = {
     "lora_alpha": float,
     "use_rslora": bool,
-    "init_lora_weights": lambda v: v if v in ("pissa", "olora") else "A/B draw only",
+    "init_lora_weights": lambda v: v if v in BASE_REWRITING_INITS else "A/B draw only",
 }
 
 

@@ -163,6 +163,11 @@ class DataConfig:
                                 "(val/prompt_<group>_<metric>) and written to generations.jsonl.")
 
 
+# LoRA inits that rewrite the base weight (W - BA of their decomposition): a warm start or a bf16-held base cannot
+# stand in for what they start from (adapt.WARM_START_KEYS, precision.load_in_bf16)
+BASE_REWRITING_INITS = ("pissa", "olora")
+
+
 @dataclass(frozen=True)
 class AdapterConfig:
     method: str = _f("lora", "lora: train a LoRA adapter + the head; full: train every weight.",

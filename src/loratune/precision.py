@@ -238,8 +238,10 @@ def load_in_bf16(precision: Precision, sharded: bool, adapter) -> bool:
     base weight). The rest of the model is made float32 at once (`upcast_unheld`), the adapter is made float32 (
     `adapters_in_float32`): the run computes what a float32 load of the checkpoint computes (bf16 -> float32 -> bf16
     is exact). A checkpoint saved in fp16 is loaded in float32 (fp16 -> bf16 rounds)."""
+    from loratune.config import BASE_REWRITING_INITS
+
     return (precision.autocast and not sharded and adapter.method == "lora" and not adapter.use_dora
-            and adapter.init_lora_weights not in ("pissa", "olora"))
+            and adapter.init_lora_weights not in BASE_REWRITING_INITS)
 
 
 def upcast_unheld(model, head_names: Iterable[str]) -> None:
