@@ -215,8 +215,15 @@ def test_rules_command_prints_every_rule_and_threshold(capsys):
     assert set(data["thresholds"]) == set(THRESHOLDS)
     assert "train_loss_late_drop" in data["features"] and "r_effect_noise" in data["features"]
     under = next(r for r in data["rules"] if r["id"] == "underfit-capacity")
-    assert under["when"]["all"][1] == {"feature": "train_loss_late_drop", "op": "<",
-                                       "threshold": "plateau_late_drop_max", "required": False}
+
+    def nodes(c):  # every condition of the tree (since the full-fine-tune ranges a gate, `gate: true`, is one)
+        yield c
+        for sub in c.get("all", []) + c.get("any", []):
+            yield from nodes(sub)
+
+    assert {"feature": "train_loss_late_drop", "op": "<", "threshold": "plateau_late_drop_max",
+            "required": False} in list(nodes(under["when"]))
+    assert any(c.get("gate") for c in nodes(under["when"]))
 
 
 def test_rules_command_shows_overrides(tmp_path, capsys):
