@@ -32,8 +32,8 @@ from loratune.config import AdapterConfig
 from loratune.errors import UserError
 from loratune.features import COMPARE_FEATURES, FEATURES, KIND_FEATURES, NOT_APPLICABLE, CurveFeatures, FeatureSet, \
     binomial_se, compute_features, format_value, has_binomial_se, is_full_finetune
-from loratune.history_io import CALLBACK_RECORD_DIR, LR_RESTART_BY_FACT, LR_RESTART_FACT, RunHistory, checkpoint_step, from_points, \
-    load_run
+from loratune.history_io import CALLBACK_RECORD_DIR, END_UNKNOWN_KEY, LR_RESTART_BY_FACT, LR_RESTART_FACT, \
+    RunHistory, checkpoint_step, from_points, load_run
 from loratune.moves import DOWN, HOLD, UP, towards
 from loratune import objectives
 from loratune.objectives import NOISE_BAND, at_threshold, objective
@@ -1115,7 +1115,9 @@ def _progress(h: RunHistory) -> tuple[bool, int]:
 
 def _progress_said(h: RunHistory) -> str:
     done = _steps_done(h)
-    return "finished" if not _partial(h) else f"{done} steps done" if done is not None else "partial, steps unknown"
+    if not _partial(h):
+        return "end unknown" if h.meta.get(END_UNKNOWN_KEY) else "finished"
+    return f"{done} steps done" if done is not None else "partial, steps unknown"
 
 
 def _run_kind(h: RunHistory, f: CurveFeatures) -> str | None:

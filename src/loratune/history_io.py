@@ -991,8 +991,10 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
 # other writer (Lightning's TensorBoardLogger, a loop's own SummaryWriter) writes no such entry, so its absence says
 # nothing: every Lightning run read "no end-of-training entry (train_runtime) ... a partial run". A Trainer log
 # filtered of train/epoch (train/loss, train/learning_rate, eval/runtime, stopped at step 100) was read as ended
-TRAINER_TB_MARKS = frozenset({"train/epoch", "train/learning_rate", "train/grad_norm", "train/train_runtime",
-                              "eval/runtime", "eval/samples_per_second"})
+# tags only the Hugging Face Trainer writes (its epoch, its end entry, its eval timings): train/learning_rate or
+# train/grad_norm are any loop's names too, so they mark no Trainer log
+TRAINER_TB_MARKS = frozenset({"train/epoch", "train/train_runtime", "eval/runtime", "eval/samples_per_second",
+                              "eval/steps_per_second"})
 TB_TAGS_SAID = 12  # a refused log's scalar tags named in the error, at most
 TB_NO_END_ENTRY_NOTE = ("no end-of-training entry (train_runtime) and none of the Hugging Face Trainer's own tags "
                         f"({', '.join(sorted(TRAINER_TB_MARKS))}): the log is another writer's (Lightning's "

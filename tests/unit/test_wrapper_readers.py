@@ -322,3 +322,29 @@ def test_the_no_val_size_note_and_the_jitter_share_one_point_count():
     assert f"from {JITTER_POINTS_MIN} evals on" in NO_VAL_SIZE_NOISE
     assert curve_jitter([1.0, 0.9, 0.85, 0.7, 0.72][:JITTER_POINTS_MIN - 1]) is None
     assert curve_jitter([1.0, 0.9, 0.85, 0.7, 0.72][:JITTER_POINTS_MIN]) is not None
+
+
+def test_a_loops_tensorboard_log_with_a_learning_rate_tag_is_no_trainers_partial_run(tmp_path, capsys):
+    """A loop's own SummaryWriter logging train/loss, train/learning_rate and eval/loss read as a Hugging Face
+    Trainer's log cut short ('partial run (no end-of-run entry)'): train/learning_rate and train/grad_norm are any
+    loop's tag names, only the Trainer's own (train/epoch, its end entry, eval timings) mark its log. Its end is
+    unknown, and the same-run note of a comparison says so, not 'finished'."""
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path / "exp1"))
+    for s in range(50, 1001, 50):
+        w.add_scalar("train/loss", 2.3 * math.exp(-s / 400), s)
+        w.add_scalar("train/learning_rate", 1e-4 * (1 - s / 1000), s)
+        w.add_scalar("train/grad_norm", 1.0, s)
+        if s % 100 == 0:
+            w.add_scalar("eval/loss", 2.2 * math.exp(-s / 450), s)
+            w.add_scalar("eval/accuracy", 1 - 0.9 * math.exp(-s / 300), s)
+    w.close()
+    h = load_run(tmp_path / "exp1")
+    assert h.meta.get("end_unknown") is True and not h.meta.get("partial")
+    assert not any("partial run" in n for n in h.notes)
+    assert main(["diagnose", str(tmp_path / "exp1"), str(tmp_path / "exp1")]) == 0
+    out = capsys.readouterr().out
+    said = " ".join(out.split())
+    assert "#2 (end unknown): the same run as" in said and "(end unknown, " in said and "finished" not in said
