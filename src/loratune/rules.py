@@ -247,6 +247,16 @@ _THRESHOLDS = (
        "half again above a uniform guess is already far above it (fold AC's bencejdanko: Mistral-7B adapter on "
        "binary sentiment at 2.6e-4, a window at 1.98 x ln 2, ending at 1.03 x ln 2 with the F1 back at the "
        "one-class 0.333 mid-run; the corpus reads the same from 1.3 to 1.9, and 2.0 left that run healthy)."),
+    _t("spike_peak_chance_ratio", 1.5, "ratio", "A train loss whose window mean climbed back up to this multiple of "
+       "ln(classes) (a uniform guess) mid-run was thrown out of what it had learned by too large a step (protocol 4: "
+       "loss oscillates -> lr too large; 5b: an explosion is a train loss above ln(classes)), even where it recovered "
+       "as a decaying schedule shrank the step: a too-small lr never takes the loss above a uniform guess, and lr x2 "
+       "makes the spike a collapse (MiniLM LoRA on 12 BANKING77 classes at 1.5e-2: 2.06 -> 1.28, then a window at "
+       "2.39 x ln 12, the val loss 4.04, F1 0.721 at the end as the lr decayed; at 3e-2 it collapsed, F1 0.054). "
+       "collapse_peak_chance_ratio's level: half again above a uniform guess is already far above it..."),
+    _t("spike_rise_min", 0.5, "fraction", "...and the climb back up from its running minimum at least this share of its "
+       "start: the peak is a spike after a fall, not a first window that began high (a fresh head starts at "
+       "ln(classes), so a peak at spike_peak_chance_ratio after a fall has climbed half its start or more)."),
     _t("collapse_lr_min", 1e-2, "lr", "A learning rate this large (AdamW) that leaves the loss pinned at chance or "
        "the val metric where it started is the cause: it is 10x the top of LoRA's usual range (protocol 1: "
        f"{USUAL_LR_RANGE[0]:g}..{USUAL_LR_RANGE[1]:g}, centre {LORA_LR_CENTRE[0]:g}..{LORA_LR_CENTRE[1]:g}), "
@@ -657,6 +667,12 @@ _RULES = (
             all_(c("train_loss_peak_vs_chance", ">=", "collapse_peak_chance_ratio"),
                  c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
                  why="the train loss went far above ln(classes) and ended pinned near it: a collapse"),
+            # a spike the run recovered from is read too: a loss thrown far above a uniform guess mid-run is an lr too
+            # large (protocol 4), whatever the decaying schedule let it reach after (undertrained's lr x2 doubled
+            # the step that threw it)
+            all_(c("train_loss_peak_vs_chance", ">=", "spike_peak_chance_ratio"),
+                 c("train_loss_max_rise", ">=", "spike_rise_min"),
+                 why="the train loss spiked mid-run far above ln(classes), a uniform guess: too large a step"),
             all_(c("peak_lr", ">=", "collapse_lr_min"),
                  c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
                  # ...with the predictions not learning (protocol 5b: a collapse is a loss pinned near ln(classes)
@@ -784,8 +800,8 @@ _RULES = (
                  why="a full fine-tune at an lr above its usual range stalled high, train and val both low",
                  alone=True)),
         verdict="learning rate too large: collapsed to one class (loss pinned near ln(classes)), the train loss "
-                "climbs back up while the val metric or loss swings, a DPO policy never beat its reference's ln 2, "
-                "or a full fine-tune above its lr range stalled high",
+                "spiked far above ln(classes) or climbs back up while the val metric or loss swings, a DPO policy "
+                "never beat its reference's ln 2, or a full fine-tune above its lr range stalled high",
         moves=("learning_rate /2",),
         suppresses=tuple(x for x in _CURVE_AND_CLASS if x != "lr-too-large"),
         source="protocol 3-4: loss oscillates, F1 unstable step to step -> lr /2; too high an lr can collapse "

@@ -1,0 +1,31 @@
+"""Advice on real MiniLM + LoRA runs (12 BANKING77 classes, 300 val rows; tests/fixtures/hunt_advice, made with
+`loratune train` by a defect hunt): the moves each verdict prescribes must not make the run worse."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from loratune.diagnose import diagnose
+
+RUNS = Path(__file__).resolve().parents[1] / "fixtures" / "hunt_advice"
+
+
+def test_a_mid_run_spike_far_above_chance_reads_lr_too_large_not_undertrained():
+    # lr 1.5e-2: train loss 2.06 -> 1.28, then a window at 5.94 (2.39 x ln 12), recovered as the linear schedule
+    # decayed (F1 0.721 at the end); main read "undertrained: epochs up, learning_rate x2", and lr 3e-2 collapsed
+    d = diagnose(RUNS / "lr1.5e-2")
+    f = d.features.values
+    assert math.isclose(f["train_loss_peak_vs_chance"], 2.39, abs_tol=0.01)
+    assert math.isclose(f["train_loss_max_rise"], 1.87, abs_tol=0.01)
+    assert d.verdict == "lr-too-large"
+    assert d.primary.moves == ("learning_rate /2",)
+    assert any("spiked" in r for r in d.primary.route), d.primary.route
+    # no active finding prescribes a larger lr for a run whose loss spiked above a uniform guess
+    assert not any("learning_rate x2" in f.moves for f in d.active)
+    assert {x.rule_id: x.suppressed_by for x in d.findings}["undertrained"] == "lr-too-large"
+
+
+def test_the_collapsed_run_the_lr_x2_advice_led_to_stays_lr_too_large():
+    d = diagnose(RUNS / "lr3e-2")
+    assert d.verdict == "lr-too-large" and d.primary.moves == ("learning_rate /2",)
