@@ -1304,6 +1304,11 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
     acc.details["measure"] = measure
     acc.details["effect_noise_min"] = k_min  # what an effect is held against, in noise units (_annotate says it)
     acc.set("noise", noise, "no seed runs and no val size: noise unknown")
+    acc.set("compared_on_loss", 1.0 if use_loss else 0.0)
+    if use_loss:
+        acc.miss(("metric_noise",), NOT_APPLICABLE + "the runs are compared on their val loss")
+    else:
+        acc.set("metric_noise", noise, "no seed runs and no val size: noise unknown")
 
     effects: dict[str, float | None] = {}
     for knob, feat in EFFECT_KNOBS.items():
@@ -1330,6 +1335,16 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
     acc.set("lr_loss_effect", max(lr_loss) if lr_loss else None, "no learning-rate group with val loss")
     gaps_f1 = [f.values.get("gap_f1") for f in feats.values() if f.values.get("gap_f1") is not None]
     acc.set("gap_f1_max", max(gaps_f1) if gaps_f1 else None, "no train_eval metric in any run")
+    chance = [f.values.get("train_loss_vs_chance") for f in feats.values()]
+    if chance and all(x is not None for x in chance):
+        acc.set("min_train_loss_vs_chance", min(chance))
+    else:
+        acc.miss(("min_train_loss_vs_chance",), (NOT_APPLICABLE + "not every run is a single-label classifier")
+                 if any(f.values.get("classifier") != 1.0 for f in feats.values())
+                 else "a run has no train loss or no class count")
+    lrs = [f.values.get("peak_lr") for f in feats.values()]
+    acc.set("max_peak_lr", max(lrs) if lrs and all(x is not None for x in lrs) else None,
+            "a run logged no learning rate")
     acc.set("scale_x2", _scale_x2(flat, best, MEASURES[measure]),
             "no compared run with a measure and both r and lora_alpha in its config")
     lr_groups = [g for g in groups if g.knob == "learning_rate"]

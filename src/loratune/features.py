@@ -1978,6 +1978,15 @@ _COMPARE_CATALOGUE = (
           "root mean square of the runs' binomial SEs from their val sizes (their curve jitter without; "
           "`details['noise_source']` says which); floored at 0.5 point / effect_noise_min, so an effect of "
           "effect_noise_min (2) units is objectives.NOISE_BAND: max(0.5 pt, 2 x sigma)."),
+    _spec("compare", "metric_noise", "points", "one run's noise unit on the val metric is {}",
+          "`noise` where the runs are compared on their val metric (points); does not apply where they are compared on "
+          "their val loss."),
+    _spec("compare", "compared_on_loss", "flag", "the runs are compared on their val loss: {}",
+          "1 where a compared run logged no val metric, so the runs are compared on their minimum val loss."),
+    _spec("compare", "min_train_loss_vs_chance", "ratio", "the lowest final train loss of the runs is {} of ln(classes)",
+          "min over the compared runs of train_loss_vs_chance: near 1, no run left a uniform guess. Single-label only."),
+    _spec("compare", "max_peak_lr", "lr", "the largest peak learning rate of the runs is {}",
+          "max over the compared runs of peak_lr."),
     _spec("compare", "lr_loss_effect", "fraction", "changing only the learning rate moved the min val loss by {}",
           "Range of the minimum val loss over the learning-rate group / its mean."),
     _spec("compare", "gap_f1_max", "points", "the largest train/val metric gap among the runs is {}",

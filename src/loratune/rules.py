@@ -509,6 +509,13 @@ _THRESHOLDS = (
     _t("eval_se_max", 0.025, "points", "Val metric standard error at or above this: differences under 2 SE "
        "(5 points) cannot be told from noise."),
     # comparisons
+    _t("never_left_chance_min", 0.95, "ratio", "Every compared run's final train loss at this share of ln(classes) or "
+       "more: no run left a uniform guess (MiniLM LoRA on 12 BANKING77 classes at lr 1e-6 and 2e-6, r 8 and 16: "
+       "0.998-0.999 x ln 12, F1 at chance); the runs did not learn, so no knob of theirs was measured."),
+    _t("not_binding_effect_noise_max", 1.0, "se", "Every knob effect under this many noise units (one run's sigma), "
+       "on a val set whose noise unit is under eval_se_max: a measured tie, the knobs do not bind at these values (r 16 "
+       "vs 8 on 300 val rows: 0.5 units of 0.012); between it and effect_noise_min an effect near the band's edge may "
+       "still separate with more val data (the trainer corpus's good triples: 1.9-2.0 units of 0.013-0.015)."),
     _t("effect_noise_min", NOISE_BAND.sigmas, "se", "A knob effect must reach this many noise units (one run's "
        "sigma) to count: protocol 6's band max(0.5 pt, 2 x sigma), objectives.NOISE_BAND."),
     _t("binding_ratio_min", 1.5, "ratio", "One knob's effect this many times the other's names the binding knob."),
@@ -1491,8 +1498,37 @@ _RULES = (
         source="protocol 1/4: alpha is a hidden lr; measure it against an lr step",
     ),
     Rule(
+        id="runs-never-learned", scope="compare", priority=15, knob_class="optimization", confidence=0.8,
+        # every run pinned at a uniform guess at an lr below protocol 1's range: the pair measured nothing (no knob
+        # binds a model that never moved), and neither a bigger val set nor a higher rank makes it learn
+        when=all_(c("min_train_loss_vs_chance", ">=", "never_left_chance_min", required=True),
+                  c("max_peak_lr", "<", "usual_lr_min", required=True)),
+        verdict="the runs did not learn: every train loss stayed at ln(classes), a uniform guess, at an lr below the "
+                f"usual range ({_USUAL}): the lr is far too small, so the compared knobs were not measured",
+        moves=("learning_rate x2",),
+        suppresses=("differences-within-noise", "knobs-not-binding"),
+        source="protocol 4-5: loss falls very slowly or not at all -> lr too small -> lr x2",
+    ),
+    Rule(
+        id="knobs-not-binding", scope="compare", priority=12, knob_class="optimization", confidence=0.8,
+        # a null result on a val set that resolves small effects: the knobs compared do not bind at these values
+        # (protocol 5: the knob the metric is more sensitive to binds; here neither moved it), not a noise problem
+        when=all_(c("max_effect_noise", "<", "not_binding_effect_noise_max", required=True),
+                  c("metric_noise", "<", "eval_se_max", required=True)),
+        verdict="the knobs compared did not bind: every knob effect is under one noise unit of a val set that "
+                "resolves small differences (a measured tie, not a val set too small)",
+        moves=("keep the cheaper value",),
+        source="protocol 5: the knob the validation metric is more sensitive to is the binding one; 5b: inside the "
+               "band two numbers are a tie, and the verdict says so",
+    ),
+    Rule(
         id="differences-within-noise", scope="compare", priority=10, knob_class="data", confidence=0.8,
-        when=all_(c("max_effect_noise", "<", "effect_noise_min", required=True)),
+        # ...only where the noise unit is large (eval_se_max) or an effect nears the band's edge: a smaller unit with
+        # every effect well inside it is a measured tie, knobs-not-binding's (runs compared on their val loss have no
+        # binomial SE to judge it by)
+        when=all_(c("max_effect_noise", "<", "effect_noise_min", required=True),
+                  any_(c("metric_noise", ">=", "eval_se_max"), c("compared_on_loss", ">=", "flag_on"),
+                       c("max_effect_noise", ">=", "not_binding_effect_noise_max"))),
         verdict="the differences between these runs are within noise: the val set (or seed count) is too small "
                 "to separate them",
         moves=("more val data", "more seeds"),

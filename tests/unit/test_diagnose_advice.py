@@ -29,3 +29,30 @@ def test_a_mid_run_spike_far_above_chance_reads_lr_too_large_not_undertrained():
 def test_the_collapsed_run_the_lr_x2_advice_led_to_stays_lr_too_large():
     d = diagnose(RUNS / "lr3e-2")
     assert d.verdict == "lr-too-large" and d.primary.moves == ("learning_rate /2",)
+
+
+def _compare(*names):
+    from loratune.diagnose import compare
+    c = compare([RUNS / n for n in names])
+    return c, {f.rule_id: f for f in c.active}
+
+
+def test_a_null_pair_at_chance_says_the_runs_did_not_learn_not_more_val_data():
+    # lr 1e-6: every run at chance (train loss 0.997-0.999 x ln 12); the lr x2 and r x2 arms both 0.4 noise units
+    # on a 300-row val set (noise 0.0145): main said "the val set is too small ... more val data, more seeds"
+    c, active = _compare("lr1e-6", "lr2e-6", "lr1e-6_r16")
+    assert math.isclose(c.features.values["metric_noise"], 0.0145, abs_tol=0.0005)
+    assert c.features.values["max_effect_noise"] < 2.0
+    assert "differences-within-noise" not in active
+    assert set(active) == {"runs-never-learned"}
+    assert active["runs-never-learned"].moves == ("learning_rate x2",)
+    assert not any("more val data" in f.moves for f in c.active)
+
+
+def test_a_well_measured_tie_says_the_knob_did_not_bind():
+    # 8 rows per class, 40 epochs, r 16 vs r 8: F1 0.960 vs 0.953 on 300 val rows (noise 0.012): rank does not bind
+    c, active = _compare("ovf", "ovf_r8")
+    assert c.features.values["metric_noise"] < 0.025
+    assert set(active) == {"knobs-not-binding"}
+    assert active["knobs-not-binding"].moves == ("keep the cheaper value",)
+    assert "did not bind" in active["knobs-not-binding"].verdict
