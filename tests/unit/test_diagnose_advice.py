@@ -56,3 +56,13 @@ def test_a_well_measured_tie_says_the_knob_did_not_bind():
     assert set(active) == {"knobs-not-binding"}
     assert active["knobs-not-binding"].moves == ("keep the cheaper value",)
     assert "did not bind" in active["knobs-not-binding"].verdict
+
+
+def test_a_flat_tie_at_a_high_score_is_not_overfitting():
+    # 8 rows per class, 40 epochs, r 16: val loss final and minimum a tie (+2.4% at 1.1 noise units), val F1 0.947-0.960
+    # from step 60 on, final and best a tie; main read overfit-capacity ("the val loss went flat past its minimum")
+    d = diagnose(RUNS / "ovf")
+    f = d.features.values
+    assert f["val_loss_rise_noise"] < 2.0 and f["val_metric_final_drop_se"] < 2.0 and f["val_metric_best"] >= 0.95
+    assert "overfit-capacity" not in {x.rule_id for x in d.findings}
+    assert d.verdict == "healthy"
