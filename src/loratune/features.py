@@ -168,6 +168,15 @@ _CATALOGUE = (
     _spec("train loss", "train_loss_peak_vs_chance", "ratio", "train loss peaked at {} of ln(classes)",
           "Largest window mean of T / ln(n_classes): far above 1, the run blew up at some point (even when its "
           "first logged loss already includes the blow-up). Single-label only."),
+    _spec("train loss", "train_loss_spike_vs_chance", "ratio", "train loss's lasting peak was {} of ln(classes)",
+          "Largest value of the moving mean train_loss_max_rise reads (T itself on a curve under "
+          "RISE_SMOOTH_WINDOWS_PER x 2 windows) / ln(n_classes): a peak that lasted past one window's batch noise. "
+          "Its step (`details['train_loss_spike_step']`) is where the val side is read (val_loss_at_spike_vs_chance, "
+          "val_metric_at_spike_drop_se). Single-label only."),
+    _spec("train loss", "val_loss_at_spike_vs_chance", "ratio", "at the train loss's peak the val loss was {} of "
+          "ln(classes)",
+          "V at the eval nearest the step of train_loss_spike_vs_chance (the later of two as near) / ln(n_classes): "
+          "above 1, the spike threw the model out of what it had learned, not one noisy batch. Single-label only."),
     _spec("train loss", "train_loss_vs_chance", "ratio", "train loss ended at {} of ln(classes)",
           "Final T / ln(n_classes): 1 = the loss of a uniform guess, the level a collapsed model is "
           "pinned to; near 0 = the training set is memorized. Single-label only."),
@@ -327,6 +336,10 @@ _CATALOGUE = (
           "without per-class numbers, the witness of predictions pinned on one class)."),
     _spec("val metric", "val_metric_final_drop_se", "se", "val metric ended {} below its best",
           "val_metric_final_drop / val_metric_noise."),
+    _spec("val metric", "val_metric_at_spike_drop_se", "se", "at the train loss's peak the val metric sat {} below "
+          "its best before",
+          "(max of M over the evals before the one nearest the step of train_loss_spike_vs_chance - M there) / "
+          "val_metric_noise: the val side of a train-loss spike (0 at the first eval)."),
     _spec("val metric", "best_step_fraction", "fraction", "the best val point came at {} of the run",
           "Run fraction of the first point reaching M's maximum (without a val metric: V's minimum)."),
     _spec("val metric", "val_metric_late_gain", "points", "val metric set a new high of +{} in the last third",
@@ -523,7 +536,9 @@ TRAIN_LOSS_ACROSS_WINDOWS = ("train_loss_drop", "train_loss_final_over_start", "
                              "train_loss_drop_after_first_eval", "train_loss_late_drop", "train_loss_late_slope",
                              "train_loss_plateau_fraction", "train_loss_runs_to_fit", "train_loss_rise_share",
                              "train_loss_max_rise", "train_loss_rebound", "train_loss_min_fraction", "train_loss_cv",
-                             "train_loss_fall_after_val_min", "train_loss_rise_after_val_min")
+                             "train_loss_fall_after_val_min", "train_loss_rise_after_val_min",
+                             "train_loss_spike_vs_chance", "val_loss_at_spike_vs_chance",
+                             "val_metric_at_spike_drop_se")
 # ...but a jitter read from fewer points than this (one or two second differences) is no band: where the eval size is
 # known, the [0, 1] bound on a mean's standard error stands in (`_val_metric`)
 ROW_MEAN_JITTER_POINTS_MIN = 5
@@ -999,6 +1014,7 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
         acc.miss(TRAIN_LOSS_ACROSS_WINDOWS, unequal)
     _val_metric(acc, pts, frac, metric)
     _val_loss_progress(acc, pts, frac, loss_only=metric is None)
+    _val_at_spike(acc, pts, metric, chance, why_chance)
     _gaps(acc, pts, metric)
     _slices(acc, pts, meta)
     _prompt_set(acc, pts, generative)
@@ -1121,7 +1137,7 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
              "train_loss_late_drop", "train_loss_late_slope", "train_loss_plateau_fraction",
              "train_loss_vs_chance", "train_loss_rise_share", "train_loss_max_rise", "train_loss_cv",
              "train_loss_runs_to_fit", "train_loss_peak_vs_chance", "train_loss_rebound", "train_loss_min_fraction",
-             "train_loss_drop_after_first_eval", "train_loss_drop_since_chance")
+             "train_loss_drop_after_first_eval", "train_loss_drop_since_chance", "train_loss_spike_vs_chance")
     if not T:
         acc.miss(names, "no `train/loss` values in the history")
         return
@@ -1148,11 +1164,12 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
         # one logged value (a Trainer whose logging_steps outlast the run logs its mean once): no fall to read, and
         # a fall of 0 is not the same as no fall measured
         acc.miss(("train_loss_drop", "train_loss_final_over_start", "train_loss_plateau_fraction",
-                  "train_loss_max_rise", "train_loss_drop_since_chance"),
+                  "train_loss_max_rise", "train_loss_drop_since_chance", "train_loss_spike_vs_chance"),
                  "one train loss logged (no trend): log more often (logging_steps about a tenth of an epoch)")
     elif start <= 0:
         acc.miss(("train_loss_drop", "train_loss_final_over_start", "train_loss_late_slope",
-                  "train_loss_plateau_fraction", "train_loss_max_rise", "train_loss_drop_since_chance"),
+                  "train_loss_plateau_fraction", "train_loss_max_rise", "train_loss_drop_since_chance",
+                  "train_loss_spike_vs_chance"),
                  "the start train loss is 0")
     else:
         acc.set("train_loss_drop", (start - final) / start)
@@ -1170,6 +1187,10 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
             worst = max(worst, v - run_min)
             run_min = min(run_min, v)
         acc.set("train_loss_max_rise", worst / start)
+        # ...and its highest point, on the same moving mean: a spike that lasted, not one window's batch noise
+        i_peak = max(range(len(vals)), key=lambda k: vals[k])
+        acc.details["train_loss_spike_step"] = T[i_peak][0]
+        acc.set("train_loss_spike_vs_chance", vals[i_peak] / chance if chance else None, why_chance)
         acc.set("train_loss_plateau_fraction", _plateau_fraction(T, start, frac))
     _rebound(acc, T, frac)
     if len(T) < 2:
@@ -1214,6 +1235,35 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     cvs = [_num(p.get("train/loss_std")) / _num(p.get("train/loss")) for p in pts
            if _num(p.get("train/loss_std")) is not None and (_num(p.get("train/loss")) or 0) > 0]
     acc.set("train_loss_cv", _median(cvs) if cvs else None, "no `train/loss_std` in the history")
+
+
+def _val_at_spike(acc: FeatureSet, pts, metric, chance, why_chance) -> None:
+    """The val side at the eval nearest the train loss's lasting peak (the later of two as near): its val loss
+    against ln(classes) and its val metric's fall below the best before it, in noise units."""
+    step = acc.details.get("train_loss_spike_step")
+    why = "no train-loss peak measured (fewer than 2 train-loss windows, or none)"
+    if step is not None and acc.values.get("train_loss_spike_vs_chance") is None:
+        step, why = None, acc.missing.get("train_loss_spike_vs_chance", why)
+
+    def nearest(series):
+        return min(range(len(series)), key=lambda k: (abs(series[k][0] - step), -series[k][0]))
+
+    V = _series(pts, "val/loss", min_step=0)
+    if step is None or not V or not chance:
+        acc.set("val_loss_at_spike_vs_chance", None,
+                why if step is None else why_chance if not chance else "no `val/loss` values in the history")
+    else:
+        acc.set("val_loss_at_spike_vs_chance", V[nearest(V)][1] / chance)
+    M = _series(pts, f"val/{metric}", min_step=0) if metric else []
+    noise = acc.values.get("val_metric_noise")
+    if step is None or not M or not noise:
+        acc.set("val_metric_at_spike_drop_se", None,
+                why if step is None else "no val metric in the history" if not M
+                else acc.missing.get("val_metric_noise", "no val-metric noise band"))
+    else:
+        i = nearest(M)
+        before = [v for _, v in M[:i]]
+        acc.set("val_metric_at_spike_drop_se", max(0.0, max(before) - M[i][1]) / noise if before else 0.0)
 
 
 def _repeat_count(vals: Sequence[float]) -> int:

@@ -247,8 +247,9 @@ _THRESHOLDS = (
        "half again above a uniform guess is already far above it (fold AC's bencejdanko: Mistral-7B adapter on "
        "binary sentiment at 2.6e-4, a window at 1.98 x ln 2, ending at 1.03 x ln 2 with the F1 back at the "
        "one-class 0.333 mid-run; the corpus reads the same from 1.3 to 1.9, and 2.0 left that run healthy)."),
-    _t("spike_peak_chance_ratio", 1.5, "ratio", "A train loss whose window mean climbed back up to this multiple of "
-       "ln(classes) (a uniform guess) mid-run was thrown out of what it had learned by too large a step (protocol 4: "
+    _t("spike_peak_chance_ratio", 1.5, "ratio", "A train loss whose lasting peak (train_loss_spike_vs_chance: the "
+       "moving mean train_loss_max_rise reads, so one window's batch noise on a long per-step curve is no peak) "
+       "climbed back up to this multiple of ln(classes) (a uniform guess) mid-run was thrown out of what it had learned by too large a step (protocol 4: "
        "loss oscillates -> lr too large; 5b: an explosion is a train loss above ln(classes)), even where it recovered "
        "as a decaying schedule shrank the step: a too-small lr never takes the loss above a uniform guess, and lr x2 "
        "makes the spike a collapse (MiniLM LoRA on 12 BANKING77 classes at 1.5e-2: 2.06 -> 1.28, then a window at "
@@ -256,7 +257,12 @@ _THRESHOLDS = (
        "collapse_peak_chance_ratio's level: half again above a uniform guess is already far above it..."),
     _t("spike_rise_min", 0.5, "fraction", "...and the climb back up from its running minimum at least this share of its "
        "start: the peak is a spike after a fall, not a first window that began high (a fresh head starts at "
-       "ln(classes), so a peak at spike_peak_chance_ratio after a fall has climbed half its start or more)."),
+       "ln(classes), so a peak at spike_peak_chance_ratio after a fall has climbed half its start or more)..."),
+    _t("spike_val_loss_chance_min", 1.0, "ratio", "...and the val side saw it: at the eval nearest the peak the val "
+       "loss above this multiple of ln(classes), a model thrown out of what it had learned (the 1.5e-2 run: val loss "
+       "4.04 = 1.63 x ln 12, F1 0.18), or the val metric below its best before by drop_se_min; one noisy window of "
+       "a healthy run leaves the val side where it was (a binary classifier logged every step at batch 4: a window "
+       "at 1.5 x ln 2 on 22 of 30 simulated seeds, val loss 0.3, F1 0.9 throughout)."),
     _t("collapse_lr_min", 1e-2, "lr", "A learning rate this large (AdamW) that leaves the loss pinned at chance or "
        "the val metric where it started is the cause: it is 10x the top of LoRA's usual range (protocol 1: "
        f"{USUAL_LR_RANGE[0]:g}..{USUAL_LR_RANGE[1]:g}, centre {LORA_LR_CENTRE[0]:g}..{LORA_LR_CENTRE[1]:g}), "
@@ -677,8 +683,10 @@ _RULES = (
             # a spike the run recovered from is read too: a loss thrown far above a uniform guess mid-run is an lr too
             # large (protocol 4), whatever the decaying schedule let it reach after (undertrained's lr x2 doubled
             # the step that threw it)
-            all_(c("train_loss_peak_vs_chance", ">=", "spike_peak_chance_ratio"),
+            all_(c("train_loss_spike_vs_chance", ">=", "spike_peak_chance_ratio"),
                  c("train_loss_max_rise", ">=", "spike_rise_min"),
+                 any_(c("val_loss_at_spike_vs_chance", ">", "spike_val_loss_chance_min"),
+                      c("val_metric_at_spike_drop_se", ">=", "drop_se_min")),
                  why="the train loss spiked mid-run far above ln(classes), a uniform guess: too large a step"),
             all_(c("peak_lr", ">=", "collapse_lr_min"),
                  c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
