@@ -1336,6 +1336,9 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
     gaps_f1 = [f.values.get("gap_f1") for f in feats.values() if f.values.get("gap_f1") is not None]
     acc.set("gap_f1_max", max(gaps_f1) if gaps_f1 else None, "no train_eval metric in any run")
     chance = [f.values.get("train_loss_vs_chance") for f in feats.values()]
+    # no run read against ln(classes) (a multi-label run, one with no train loss): whether a run left chance is
+    # unread, and the rules that ask it read the runs as before it was asked
+    acc.set("chance_level_unread", 0.0 if chance and all(x is not None for x in chance) else 1.0)
     if chance and all(x is not None for x in chance):
         acc.set("min_train_loss_vs_chance", min(chance))
     else:

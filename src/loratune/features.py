@@ -2035,6 +2035,9 @@ _COMPARE_CATALOGUE = (
           "1 where a compared run logged no val metric, so the runs are compared on their minimum val loss."),
     _spec("compare", "min_train_loss_vs_chance", "ratio", "the lowest final train loss of the runs is {} of ln(classes)",
           "min over the compared runs of train_loss_vs_chance: near 1, no run left a uniform guess. Single-label only."),
+    _spec("compare", "chance_level_unread", "flag", "no run's train loss is read against ln(classes): {}",
+          "1 where min_train_loss_vs_chance is missing (not every run a single-label classifier with a final train "
+          "loss): whether any run learned is unread."),
     _spec("compare", "max_peak_lr", "lr", "the largest peak learning rate of the runs is {}",
           "max over the compared runs of peak_lr."),
     _spec("compare", "lr_loss_effect", "fraction", "changing only the learning rate moved the min val loss by {}",

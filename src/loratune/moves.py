@@ -205,8 +205,8 @@ _MOVES = (
     _advice("check-labels", "check labels (loratune assess)", "data", "look for conflicting labels"),
     _advice("relabel-pair", "relabel or merge the pair", "data", "fix or merge classes confused both ways"),
     _advice("more-val-data", "more val data", "data", "a larger val set separates smaller differences"),
-    _advice("keep-cheaper", "keep the cheaper value", "report", "the knob compared did not bind: its cheaper value "
-            "(a lower rank, a shorter run) scores the same"),
+    _advice("keep-either", "keep either value", "report", "the knob did not bind: its values score the same (keep the "
+            "cheaper where one is cheaper: a lower rank, a shorter run)"),
     _advice("more-seeds", "more seeds", "report", "more seed runs narrow the noise estimate"),
     _advice("report-seed-spread", "report seed spread", "report", "state the seed spread beside the score"),
 )

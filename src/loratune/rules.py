@@ -516,7 +516,7 @@ _THRESHOLDS = (
        "(5 points) cannot be told from noise."),
     # comparisons
     _t("never_left_chance_min", 0.95, "ratio", "Every compared run's final train loss at this share of ln(classes) or "
-       "more: no run left a uniform guess (MiniLM LoRA on 12 BANKING77 classes at lr 1e-6 and 2e-6, r 8 and 16: "
+       "more (min_train_loss_vs_chance): no run left a uniform guess, and no tie of theirs is knobs-not-binding's (MiniLM LoRA on 12 BANKING77 classes at lr 1e-6 and 2e-6, r 8 and 16: "
        "0.998-0.999 x ln 12, F1 at chance); the runs did not learn, so no knob of theirs was measured."),
     _t("not_binding_effect_noise_max", 1.0, "se", "Every knob effect under this many noise units (one run's sigma), "
        "on a val set whose noise unit is under eval_se_max: a measured tie, the knobs do not bind at these values (r 16 "
@@ -1528,10 +1528,15 @@ _RULES = (
         # a null result on a val set that resolves small effects: the knobs compared do not bind at these values
         # (protocol 5: the knob the metric is more sensitive to binds; here neither moved it), not a noise problem
         when=all_(c("max_effect_noise", "<", "not_binding_effect_noise_max", required=True),
-                  c("metric_noise", "<", "eval_se_max", required=True)),
+                  c("metric_noise", "<", "eval_se_max", required=True),
+                  # ...and some run learned: runs that all stayed at a uniform guess measured no knob (a tie of
+                  # models that never moved is no tie of the knobs); at an lr below the usual range
+                  # runs-never-learned says lr x2, at a usual or high lr the per-run findings speak
+                  any_(c("min_train_loss_vs_chance", "<", "never_left_chance_min"),
+                       c("chance_level_unread", ">=", "flag_on"))),
         verdict="the knobs compared did not bind: every knob effect is under one noise unit of a val set that "
                 "resolves small differences (a measured tie, not a val set too small)",
-        moves=("keep the cheaper value",),
+        moves=("keep either value",),
         source="protocol 5: the knob the validation metric is more sensitive to is the binding one; 5b: inside the "
                "band two numbers are a tie, and the verdict says so",
     ),

@@ -54,7 +54,7 @@ def test_a_well_measured_tie_says_the_knob_did_not_bind():
     c, active = _compare("ovf", "ovf_r8")
     assert c.features.values["metric_noise"] < 0.025
     assert set(active) == {"knobs-not-binding"}
-    assert active["knobs-not-binding"].moves == ("keep the cheaper value",)
+    assert active["knobs-not-binding"].moves == ("keep either value",)
     assert "did not bind" in active["knobs-not-binding"].verdict
 
 
@@ -139,3 +139,52 @@ def test_per_step_batch_noise_on_a_healthy_binary_run_is_no_spike(tmp_path):
     assert spiky >= 15  # the noise does throw single windows that high
     assert fired == 0
     assert not any("spiked" in r for x in d.findings for r in x.route)
+
+
+def _scaled_lr(tmp_path, name, factor):
+    """A copy of the fixture run `name` with its logged and configured learning rate multiplied by `factor`."""
+    import json
+    import re
+    import shutil
+    dst = tmp_path / f"{name}_x{factor:g}"
+    shutil.copytree(RUNS / name, dst)
+    rows = [json.loads(line) for line in (dst / "history.jsonl").read_text().splitlines() if line.strip()]
+    for r in rows:
+        for key in ("lr", "lr_max"):
+            if key in r:
+                r[key] *= factor
+    (dst / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = (dst / "config.yaml").read_text()
+    (dst / "config.yaml").write_text(re.sub(r"learning_rate: *([0-9.e+-]+)",
+                                            lambda m: f"learning_rate: {float(m.group(1)) * factor:g}", cfg))
+    return dst
+
+
+def test_runs_that_never_learned_at_a_usual_or_high_lr_are_no_measured_tie(tmp_path):
+    # the lr 1e-6 trio (every train loss 0.997-0.999 x ln 12) with its lr x100 (1e-4, usual) and x2e4 (2e-2): the
+    # branch said knobs-not-binding, "a measured tie, keep the cheaper value", of models that never moved
+    from loratune.diagnose import compare
+    for factor in (100, 2e4):
+        c = compare([_scaled_lr(tmp_path, n, factor) for n in ("lr1e-6", "lr2e-6", "lr1e-6_r16")])
+        v = c.features.values
+        assert not {f.rule_id for f in c.active} & {"knobs-not-binding", "differences-within-noise",
+                                                     "runs-never-learned"}, [f.rule_id for f in c.active]
+        assert v["min_train_loss_vs_chance"] >= 0.95 and v["max_peak_lr"] >= 1e-4 and v["chance_level_unread"] == 0
+
+
+def test_knobs_not_binding_where_no_run_is_read_against_chance_fires_as_before():
+    # a multi-label comparison: no ln(classes), min_train_loss_vs_chance not applicable -> the tie reads as before
+    from types import MappingProxyType
+    from loratune.diagnose import THRESHOLD_DEFAULTS, evaluate_rule
+    from loratune.features import NOT_APPLICABLE, CurveFeatures
+    from loratune.moves import MOVES
+    from loratune.rules import RULES
+    rule = next(r for r in RULES if r.id == "knobs-not-binding")
+    values = {"max_effect_noise": 0.5, "metric_noise": 0.012, "min_train_loss_vs_chance": None,
+              "chance_level_unread": 1.0}
+    missing = {"min_train_loss_vs_chance": NOT_APPLICABLE + "not every run is a single-label classifier"}
+    out = evaluate_rule(rule, CurveFeatures(MappingProxyType(values), MappingProxyType(missing),
+                                            MappingProxyType({})), THRESHOLD_DEFAULTS)
+    assert out is not None and out.rule_id == "knobs-not-binding" and not out.tentative
+    assert out.moves == ("keep either value",)
+    assert any(m.text == "keep either value" and "cheaper where one is cheaper" in m.doc for m in MOVES.values())

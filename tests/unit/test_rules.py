@@ -108,7 +108,8 @@ FIRING = {
     "update-too-weak": dict(lr_loss_effect=0.01, gap_f1_max=0.2, scale_x2=4.0),
     "alpha-insensitive": dict(alpha_effect_noise=0.3),
     "differences-within-noise": dict(max_effect_noise=1.0, metric_noise=0.03, compared_on_loss=0.0),
-    "knobs-not-binding": dict(max_effect_noise=0.5, metric_noise=0.015),
+    "knobs-not-binding": dict(max_effect_noise=0.5, metric_noise=0.015, min_train_loss_vs_chance=0.1,
+                              chance_level_unread=0),
     "runs-never-learned": dict(min_train_loss_vs_chance=0.998, max_peak_lr=1e-6),
 }
 
