@@ -425,6 +425,7 @@ def triples(thresholds: dict) -> list[dict]:
             continue
         t = {**t, **review[t["name"]]}
         c = compare([TRAINER / n for n in t["runs"]], thresholds=thresholds)
+        # a triple under 1 noise unit on a small-SE val set now reads knobs-not-binding (not counted here)
         binding = [f.rule_id for f in c.active if f.rule_id in ("optimization-bound", "capacity-bound",
                                                                  "differences-within-noise")]
         got = binding[0] if binding else "none"

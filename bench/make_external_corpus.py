@@ -680,6 +680,8 @@ def triples_entries(m: dict) -> list[dict]:
             noise = math.sqrt(2) * se
             d_lr, d_r = f1[1] - f1[0], f1[2] - f1[0]
             judged = "macro-F1"
+        # (diagnose now reads a triple whose effects are all under 1 noise unit on a val set with a small SE
+        # knobs-not-binding, not differences-within-noise: the labels stand as made)
         if abs(d_lr) < 2 * noise and abs(d_r) < 2 * noise:
             exp = "differences-within-noise"
         elif abs(d_lr) >= 1.5 * abs(d_r):

@@ -9,7 +9,9 @@ confidence that is lowered for missing signals (named) and for thin margins.
 diffing their config.yaml), measures how far each knob moved the best val metric against the noise
 (seed std when >= 2 seed runs exist, else the binomial standard error from the val size) and
 evaluates the `compare` rules: capacity-bound vs optimization-bound (protocol section 5),
-seed-unstable, alpha-insensitive, update-too-weak, differences-within-noise.
+seed-unstable, alpha-insensitive, update-too-weak, runs-never-learned (every run at a uniform guess at an lr
+below the usual range), knobs-not-binding (a measured tie on a val set that resolves it, some run having learned),
+differences-within-noise.
 
 Clause logic is three-valued: a clause over a missing feature is unknown; an `all` group with an unknown
 member and no false one is unknown; an `any` group is true when a member is true, unknown only when no
