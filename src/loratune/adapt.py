@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -212,18 +212,34 @@ def resolve_targets(model, adapter: AdapterConfig) -> list[LinearSite]:
                         "projections, for one, are transformers' Conv1D, which LoRA targets here do not cover)",
                         "train every weight with adapter.method=full, or use a model whose blocks are built of "
                         "nn.Linear (BERT, RoBERTa, DeBERTa, Llama, Mistral, Qwen, Gemma, Phi-3...)")
+    avail = available_targets(model)
+    chosen, unknown = select_sites(sites, adapter.target_modules, adapter.layers_to_transform,
+                                   GROUP_TABLE.get(model_type, {}), shared_depth(model))
+    if unknown:
+        raise UserError(
+            f"adapter.target_modules: {', '.join(repr(u) for u in unknown)} match no linear layer of this "
+            f"'{model_type}' model",
+            f"use groups {', '.join(avail['groups'])} or raw names {', '.join(avail['raw'])}")
+    return chosen
+
+
+def select_sites(sites: Sequence[LinearSite], targets: Sequence[str], layers_to_transform: Any,
+                 table: Mapping[str, str], shared: int | None = None) -> tuple[list[LinearSite], list[str]]:
+    """resolve_targets' rule on given sites (a model's, or diagnose's from the group table for a run without its
+    model): (the sites the targets select, sorted by block and name; the targets that select none). Targets are
+    groups (`table`'s), composites (ALIASES), all-linear, full or raw module names, each with an optional layer
+    selection (`@top:2`, else `layers_to_transform`); layers count the `shared` depth where blocks are shared
+    across layers (ALBERT; adapt.shared_depth), else the blocks. A bad layer selection raises UserError."""
     n_blocks = 1 + max(s.layer for s in sites)
     # layer selections count the layers a forward runs; with shared blocks (ALBERT) each maps to the block it runs
-    n_layers = shared_depth(model) or n_blocks
-    table = GROUP_TABLE.get(model_type, {})
-    avail = available_targets(model)
+    n_layers = shared or n_blocks
     try:
-        default_layers = parse_layers(adapter.layers_to_transform, n_layers)
+        default_layers = parse_layers(layers_to_transform, n_layers)
     except ValueError as exc:
         raise UserError(f"adapter.layers_to_transform: {exc}", f"this model has {n_layers} layers") from None
     chosen: dict[str, LinearSite] = {}
     unknown = []
-    for target in adapter.target_modules:
+    for target in targets:
         name, _, layer_spec = target.partition("@")
         try:
             layers = parse_layers(layer_spec, n_layers) if layer_spec else default_layers
@@ -250,12 +266,7 @@ def resolve_targets(model, adapter: AdapterConfig) -> list[LinearSite]:
             continue
         for s in matched:
             chosen[s.name] = s
-    if unknown:
-        raise UserError(
-            f"adapter.target_modules: {', '.join(repr(u) for u in unknown)} match no linear layer of this "
-            f"'{model_type}' model",
-            f"use groups {', '.join(avail['groups'])} or raw names {', '.join(avail['raw'])}")
-    return sorted(chosen.values(), key=lambda s: (s.layer, s.name))
+    return sorted(chosen.values(), key=lambda s: (s.layer, s.name)), unknown
 
 
 def _init_arg(choice: str):

@@ -759,10 +759,8 @@ def knob_view(h: RunHistory) -> dict[str, Any]:
         # form), so the run pairs with its finished twin
         resolved = None if "target_modules" in h.facts else _config_targets(
             targets, flat.get("adapter.layers_to_transform"), model)
-        groups = None if "target_modules" in h.facts else _resolve_groups(targets, model.get("model_type"))
         flat["adapter.target_modules"] = (
             resolved if resolved is not None
-            else _shortest_names(groups, model.get("model_type")) if groups is not None
             else _peft_targets(targets, model.get("num_layers"), model.get("model_type")))
     if "adapter.target_modules" in flat or "adapter.layers_to_transform" in flat:
         for k, default in ADAPTER_DEFAULTS.items():
@@ -842,25 +840,6 @@ class _EstimatedClasses:
         return f"~{self.n} (estimated)"
 
 
-def _resolve_groups(targets: Any, model_type: Any) -> tuple[str, ...] | None:
-    """loratune's target groups (attn.q, attn, ...) as the block-relative module names the group table gives them for
-    the run's model_type (`adapt.resolve_targets`' rule), so they compare with peft's names; None where the targets
-    are not all plain groups of a known architecture (a layer selection `@`, all-linear, raw names: literal)."""
-    from loratune.adapt import ALIASES, GROUP_TABLE
-
-    table = GROUP_TABLE.get(model_type) if isinstance(model_type, str) else None
-    if table is None or not isinstance(targets, (list, tuple)):
-        return None
-    names = []
-    for t in targets:
-        # a composite (attn) adapts the members the architecture has, a group its one module
-        known = [g for g in ALIASES.get(t, (t,)) if g in table and g != "blocks"] if isinstance(t, str) else []
-        if not known:
-            return None
-        names += [table[g] for g in known]
-    return tuple(sorted(set(names)))
-
-
 def _peft_targets(targets: Any, depth: Any, model_type: Any = None) -> Any:
     """peft target names in one form for every source. peft matches a name as a suffix of the module path ('query'
     adapts 'bert.encoder.layer.0.attention.self.query' and every other '...query'), so the full paths peft resolved
@@ -926,38 +905,42 @@ def _layered_names(layout: Mapping[str, set[int]], every: set[int], model_type: 
 
 
 def _config_targets(targets: Any, layers_to_transform: Any, model: Mapping[str, Any]) -> tuple[str, ...] | None:
-    """A loratune config's target_modules (groups, composites, `group@top:2`) and layers_to_transform as the modules
-    its plan adapts (adapt.resolve_targets' rule, from the group table and run.json's model num_layers / depth), in
-    _peft_targets' form for the same modules' full paths; None where they do not resolve so (raw names, all-linear,
-    an unknown model_type or block count)."""
-    from loratune.adapt import ALIASES, GROUP_TABLE, block_of_layer
+    """A loratune config's target_modules (groups, composites, all-linear, raw names, each with its layer selection)
+    and layers_to_transform as the modules its plan adapts, in _peft_targets' form for the same modules' full paths:
+    adapt.select_sites (resolve_targets' rule) on the sites of the group table (each of run.json's model num_layers
+    blocks holding each of the table's modules, a tabled block's linear layers) with run.json's depth as the shared
+    depth. Without a block count, targets on every block resolve on one; None where they do not resolve so (an
+    unknown model_type, a layer selection without a block count, a name the table has not: literal)."""
+    from loratune.adapt import GROUP_TABLE, LinearSite, select_sites
     from loratune.config import parse_layers
+    from loratune.errors import UserError
 
     model_type, n_blocks, depth = model.get("model_type"), model.get("num_layers"), model.get("depth")
     table = GROUP_TABLE.get(model_type) if isinstance(model_type, str) else None
-    if table is None or not isinstance(targets, (list, tuple)) or not isinstance(n_blocks, int) \
-            or isinstance(n_blocks, bool) or n_blocks < 1:
+    if table is None or not isinstance(targets, (list, tuple)) or not all(isinstance(t, str) for t in targets):
         return None
-    # layer selections count the layers a forward runs; with shared blocks (ALBERT) each maps to the block it runs
-    n_layers = depth if isinstance(depth, int) and not isinstance(depth, bool) and depth > n_blocks else n_blocks
-    every = set(range(n_blocks))
-    layout: dict[str, set[int]] = {}
+    ltt = "all" if layers_to_transform is None else layers_to_transform
+    if not isinstance(n_blocks, int) or isinstance(n_blocks, bool) or n_blocks < 1:
+        try:  # no block count: only targets on every block resolve (on any count of blocks alike)
+            if any("@" in t for t in targets) or parse_layers(ltt) is not None:
+                return None
+        except ValueError:
+            return None
+        n_blocks, depth = 1, None
+    # run.json's depth is adapt.depth (shared_depth or the blocks): the layers a selection counts for one stack
+    shared = depth if isinstance(depth, int) and not isinstance(depth, bool) and depth > n_blocks else None
+    modules = sorted({m for g, m in table.items() if g != "blocks"})
+    sites = [LinearSite(f"<block {i}>.{m}", i, m, 0, 0) for i in range(n_blocks) for m in modules]
     try:
-        default = parse_layers("all" if layers_to_transform is None else layers_to_transform, n_layers)
-        for t in targets:
-            if not isinstance(t, str):
-                return None
-            name, _, spec = t.partition("@")
-            known = [g for g in ALIASES.get(name, (name,)) if g in table and g != "blocks"]
-            if not known:
-                return None
-            layers = parse_layers(spec, n_layers) if spec else default
-            blocks = every if layers is None else {block_of_layer(i, n_layers, n_blocks) for i in layers}
-            for g in known:
-                layout.setdefault(table[g], set()).update(blocks)
-    except ValueError:
+        chosen, unknown = select_sites(sites, targets, ltt, table, shared)
+    except UserError:
         return None
-    return _layered_names(layout, every, model_type)
+    if unknown:
+        return None
+    layout: dict[str, set[int]] = {}
+    for site in chosen:
+        layout.setdefault(site.relative, set()).add(site.layer)
+    return _layered_names(layout, set(range(n_blocks)), model_type)
 
 
 def _shortest_map(relative: Any, model_type: Any) -> dict[str, str]:

@@ -618,13 +618,67 @@ def test_config_targets_resolve_as_the_adapter_config_names_them():
     assert _config_targets(["attn.q", "attn.v", "ffn@4,5"], "all", model) == want
     assert _config_targets(["attn.q", "attn.v"], "top:2", model) == ("query@4,5", "value@4,5")
     assert _config_targets(["attn.q", "attn.v"], None, model) == ("query", "value")
-    # raw names, all-linear, an unknown architecture or depth: not resolved here (the literal fallback)
-    assert _config_targets(["query"], None, model) is None and _config_targets(["all-linear"], None, model) is None
+    # an unknown architecture, a layer selection without a block count, a name the table has not: literal
     assert _config_targets(["attn.q"], None, {"model_type": "gpt2", "num_layers": 6}) is None
-    assert _config_targets(["attn.q"], None, {"model_type": "bert"}) is None
+    assert _config_targets(["attn.q@top:1"], None, {"model_type": "bert"}) is None
+    assert _config_targets(["attn.q"], "top:1", {"model_type": "bert"}) is None
+    assert _config_targets(["pooler.dense"], None, model) is None
+    assert _config_targets(["bert.encoder.layer.0.attention.self.query"], None, model) is None
+    # targets on every block resolve without a block count
+    assert _config_targets(["attn.q", "attn.v"], None, {"model_type": "bert"}) == ("query", "value")
     # paths of two stacks (an encoder and a decoder) are not one block layout: literal
     two = ["encoder.layer.0.attention.self.query", "decoder.encoder.layer.1.attention.self.query"]
     assert _peft_targets(two, 3, "bert") == tuple(sorted(two))
+
+
+def test_config_targets_resolve_all_linear_and_raw_names_as_the_plan_does():
+    """all-linear and raw module names (with layer selections) resolve as adapt.resolve_targets does (its
+    select_sites, on the group table's block modules), so a diverged run pairs with its finished twin."""
+    from loratune.diagnose import _config_targets, _peft_targets
+
+    model = {"model_type": "bert", "num_layers": 6, "depth": 6}
+    rels = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+            "intermediate.dense", "output.dense"]
+    every = [f"bert.encoder.layer.{i}.{m}" for i in range(6) for m in rels]
+    assert _config_targets(["all-linear"], None, model) == _peft_targets(every, 6, "bert") == (
+        "attention.output.dense", "intermediate.dense", "key", "output.dense", "query", "value")
+    paths = [f"bert.encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "value")] + \
+        [f"bert.encoder.layer.{i}.intermediate.dense" for i in (4, 5)]
+    want = ("intermediate.dense@4,5", "query", "value")
+    assert _peft_targets(paths, 6, "bert") == want
+    assert _config_targets(["attn.q", "attn.v", "intermediate.dense@top:2"], None, model) == want
+    assert _config_targets(["query", "value", "intermediate.dense@4,5"], "all", model) == want
+    assert _config_targets(["attn.q", "value"], None, model) == ("query", "value")
+    assert _config_targets(["all-linear"], "top:1", {"model_type": "llama", "num_layers": 4, "depth": 4}) == (
+        "down_proj@3", "gate_proj@3", "k_proj@3", "o_proj@3", "q_proj@3", "up_proj@3", "v_proj@3")
+    # ALBERT: 12 layers run one shared block; a selection counts the layers (resolve_targets' shared depth)
+    assert _config_targets(["attn.q@top:6"], None, {"model_type": "albert", "num_layers": 1, "depth": 12}) == (
+        "query",)
+
+
+def test_a_diverged_all_linear_run_pairs_with_its_finished_twin():
+    """A diverged run (config groups, no adapter_config.json) and a finished one (full paths) of the same all-linear
+    plan differ in learning_rate only: one learning_rate group."""
+    def run(name, lr, facts):
+        pts = [{"step": s, "train/loss": 2.0 - 0.01 * s, "val/loss": 2.0 - 0.005 * s, "val/f1": 0.1 + 0.004 * s}
+               for s in range(0, 101, 10)]
+        cfg = {"adapter": {"method": "lora", "r": 8, "lora_alpha": 16, "target_modules": ["all-linear"],
+                           "layers_to_transform": "all"},
+               "train": {"learning_rate": lr, "seed": 42, "max_steps": 100}}
+        h = from_points(pts, {"model": {"model_type": "bert", "num_layers": 2, "depth": 2}, "status": "completed"},
+                        cfg, name)
+        if facts:
+            from dataclasses import replace
+
+            from loratune.history_io import Fact
+            rels = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                    "intermediate.dense", "output.dense"]
+            h = replace(h, facts={"target_modules": Fact(sorted(f"bert.encoder.layer.{i}.{m}" for i in range(2)
+                                                                 for m in rels), "adapter_config.json")})
+        return h
+
+    c = compare([run("lr5e-2", 5e-2, False), run("lr5e-3", 5e-3, True)])
+    assert [(g.knob, sorted(r[0] for r in g.runs)) for g in c.groups] == [("learning_rate", ["lr5e-2", "lr5e-3"])]
 
 
 def test_a_key_the_runs_task_does_not_read_is_no_difference():
@@ -779,15 +833,16 @@ def test_peft_target_names_compare_in_one_form():
     """Full paths over every layer read as peft's shortest suffixes; paths that leave a layer out name their blocks
     (a difference from every layer); paths whose depth is unknown stay literal (a difference, not a guess); loratune's
     groups resolve through the group table."""
-    from loratune.diagnose import _peft_targets, _resolve_groups, _shortest_names
+    from loratune.diagnose import _config_targets, _peft_targets
 
     paths = [f"bert.encoder.layer.{i}.attention.{m}" for i in range(2) for m in ("self.query", "output.dense")]
     assert _peft_targets(paths, 2, "bert") == ("attention.output.dense", "query")
     assert _peft_targets(paths, 3, "bert") == ("attention.output.dense@0,1", "query@0,1")
     assert _peft_targets(paths, None, "bert") == tuple(sorted(paths))
     assert _peft_targets(["value", "query"], None) == ("query", "value")
-    assert _shortest_names(_resolve_groups(["attn.q", "attn.v"], "bert"), "bert") == ("query", "value")
-    assert _resolve_groups(["attn.q@0", "attn.v"], "bert") is None and _resolve_groups(["attn.q"], "gpt2") is None
+    assert _config_targets(["attn.q", "attn.v"], None, {"model_type": "bert"}) == ("query", "value")
+    assert _config_targets(["attn.q@0", "attn.v"], None, {"model_type": "bert"}) is None
+    assert _config_targets(["attn.q"], None, {"model_type": "gpt2"}) is None
 
 
 def _loss_run(final: float, lr: float, seed: int, name: str):
