@@ -1013,7 +1013,8 @@ def _differs_only_in(a: Mapping[str, Any], b: Mapping[str, Any], knob: str, mode
     return True, {k for k in unknown if k.rsplit(".", 1)[-1] not in IGNORED_KEYS}
 
 
-PAIRS_SAID_MAX = 10  # the pairs a comparison with no knob group names with the keys they differ in
+PAIRS_SAID_MAX = 10  # the pairs a comparison note names with the keys they differ in (no knob group; LEFT_OUT)
+PAIRS_MORE = "; and {n} more pairs"  # what the note says of the pairs past PAIRS_SAID_MAX
 # what a comparison with no knob group says of each pair it names (_pair_said): the keys both know that differ; where
 # none does, the keys they agree on, and that the others are known to one run only (a CSV with its learning_rate
 # beside a Trainer dir: no key differs, yet no knob group, as r, lora_dropout, ... are the dir's alone)
@@ -1031,6 +1032,12 @@ def _differing_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     what a pair that is no one-knob experiment differs in (protocol 5b: a comparison finds which knob differs)."""
     return sorted({k.rsplit(".", 1)[-1] for k in set(a) & set(b)
                    if k.rsplit(".", 1)[-1] not in IGNORED_KEYS and not _same(a[k], b[k], _knob_of(k))})
+
+
+def _pairs_said(pairs: Sequence[tuple[str, str]], flat: Mapping[str, Mapping[str, Any]]) -> str:
+    """The first PAIRS_SAID_MAX pairs as _pair_said says each, and how many more there are (PAIRS_MORE)."""
+    said = "; ".join(_pair_said(a, b, flat[a], flat[b]) for a, b in pairs[:PAIRS_SAID_MAX])
+    return said + (PAIRS_MORE.format(n=len(pairs) - PAIRS_SAID_MAX) if len(pairs) > PAIRS_SAID_MAX else "")
 
 
 def _pair_said(a: str, b: str, ca: Mapping[str, Any], cb: Mapping[str, Any]) -> str:
@@ -1241,15 +1248,19 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
             groups.append(KnobGroup(knob, tuple(rows), effect, note, measure))
     grouped = {row[0] for g in groups for row in g.runs}
     if groups and set(flat) - grouped:
-        said = [_pair_said(n, near, flat[n], flat[near]) for n in sorted(set(flat) - grouped)
-                for near in [min((o for o in sorted(flat) if o != n),
-                                 key=lambda o: len(_differing_keys(flat[n], flat[o])))]]
-        notes.append(LEFT_OUT.format(pairs="; ".join(said)))
+        nearest: list[tuple[str, str]] = []
+        for n in sorted(set(flat) - grouped):
+            near = min((o for o in sorted(flat) if o != n), key=lambda o: len(_differing_keys(flat[n], flat[o])))
+            # a pair said once (two identical runs are each the other's nearest); a partial run beside a run it
+            # differs from in its steps done only is the partial-runs note's already
+            if (near, n) not in nearest and not (
+                    n in partial and _differing_keys(flat[n], flat[near]) == [TRAINED_KEY.rsplit(".", 1)[-1]]):
+                nearest.append((n, near))
+        if nearest:
+            notes.append(LEFT_OUT.format(pairs=_pairs_said(nearest, flat)))
     if len(flat) >= 2 and not groups:
         pairs = [(a, b) for i, a in enumerate(sorted(flat)) for b in sorted(flat)[i + 1:]]
-        said = [_pair_said(a, b, flat[a], flat[b]) for a, b in pairs[:PAIRS_SAID_MAX]]
-        more = f"; and {len(pairs) - PAIRS_SAID_MAX} more pairs" if len(pairs) > PAIRS_SAID_MAX else ""
-        notes.append(f"no two runs differ in exactly one of {', '.join(COMPARE_KNOBS)}: " + "; ".join(said) + more)
+        notes.append(f"no two runs differ in exactly one of {', '.join(COMPARE_KNOBS)}: " + _pairs_said(pairs, flat))
 
     acc = FeatureSet(COMPARE_FEATURES)
     if histories and all(is_full_finetune(h.meta) for h in histories):

@@ -604,6 +604,33 @@ def test_a_run_in_no_knob_group_is_named_with_what_it_differs_in():
     assert not any(n.startswith("in no knob group") for n in compare([run("base", 0.6), run("lr2", 0.7, lr=2e-4)]).notes)
 
 
+def test_runs_in_no_knob_group_are_said_capped_and_once():
+    """The runs in no knob group are said as the no-group note says its pairs: PAIRS_SAID_MAX of them and how many
+    more (13 unrelated runs made one 900-character note); two identical runs, each the other's nearest, are one pair;
+    a partial run that differs from its nearest in its steps done only is the partial-runs note's already."""
+    from dataclasses import replace
+
+    from loratune.diagnose import PAIRS_SAID_MAX
+
+    odd = [run(f"odd{i:02d}", 0.5, lr=1e-4 * (i + 3), r=4 * (i + 3)) for i in range(PAIRS_SAID_MAX + 3)]
+    c = compare([run("base", 0.6), run("lr2", 0.7, lr=2e-4)] + odd)
+    (said,) = [n for n in c.notes if n.startswith("in no knob group")]
+    assert said.count(" vs ") == PAIRS_SAID_MAX and said.endswith("; and 3 more pairs")
+    assert said.startswith("in no knob group (each beside its nearest run): odd00 vs ")
+    c = compare([run("base", 0.6), run("lr2", 0.7, lr=2e-4), run("x", 0.6, lr=3e-4, r=16), run("y", 0.6, lr=3e-4, r=16)])
+    (said,) = [n for n in c.notes if n.startswith("in no knob group")]
+    assert said == ("in no knob group (each beside its nearest run): x vs y agree on every key (learning_rate, "
+                    "lora_alpha, r, seed)")
+    half = replace(run("half", 0.55), meta={**META, "partial": True, "steps_done": 40})
+    c = compare([run("base", 0.6), run("lr2", 0.7, lr=2e-4), half])
+    assert any("half (40 steps done)" in n for n in c.notes)
+    assert not any(n.startswith("in no knob group") for n in c.notes), c.notes
+    half_r = replace(run("half_r", 0.55, r=16), meta={**META, "partial": True, "steps_done": 40})
+    c = compare([run("base", 0.6), run("lr2", 0.7, lr=2e-4), half_r])
+    (said,) = [n for n in c.notes if n.startswith("in no knob group")]
+    assert said == "in no knob group (each beside its nearest run): half_r vs base differ in r, steps_done"
+
+
 def test_config_targets_resolve_as_the_adapter_config_names_them():
     """A loratune run with no adapter_config.json (diverged before saving one) names its targets as the same
     modules' full paths read from a finished run's adapter_config.json, layer selections included."""
