@@ -438,20 +438,27 @@ def test_a_token_accuracys_upper_bound_noise_does_not_say_it_never_rose():
     assert flat.fired("eval-metric-unmoved", active_only=False)
 
 
+def _tiny_llama():
+    """A one-layer random Llama of 16 tokens, seeded: what evaluate_lm scores in the tests below."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2, pad_token_id=0))
+
+
 def test_an_sft_evaluation_records_its_rows_and_what_they_are_worth_to_the_token_accuracy():
     # an SFT run's points had no val/n: the token accuracy's noise bound had no count (0.1 -> 0.35 over 4 evals read
     # from the jitter of 2 second differences). They record the rows scored and their effective count: the token
     # accuracy weighs a row by its tokens, so rows of 1, 1 and 6 completion tokens are worth 64/38 rows, not 3
     import numpy as np
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from loratune.sft import effective_rows, evaluate_lm
     from loratune.sft_data import SFTEncoded
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2, pad_token_id=0))
+    model = _tiny_llama()
     enc = SFTEncoded(ids=[[1, 2, 3], [1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7, 8]], prompt_lens=np.array([2, 3, 2]))
     got = evaluate_lm("val", model, enc, 0, torch.device("cpu"), False)
     assert got["val/tokens"] == 1 + 1 + 6 and got["val/n"] == 3
@@ -479,15 +486,12 @@ def test_an_sft_evaluations_n_is_its_rows_evaluated_and_every_row_keeps_a_scored
 
     import numpy as np
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from loratune.config import ModelConfig
     from loratune.sft import evaluate_lm
     from loratune.sft_data import SFTEncoded, fit
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2, pad_token_id=0))
+    model = _tiny_llama()
     enc = SFTEncoded(ids=[[1, 2, 3], [1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7, 8]], prompt_lens=np.array([3, 3, 2]))
     got = evaluate_lm("val", model, enc, 0, torch.device("cpu"), False)
     assert got["val/n"] == 3 and got["val/tokens"] == 0 + 1 + 6
