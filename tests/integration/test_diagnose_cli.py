@@ -301,3 +301,15 @@ def test_one_thresholds_file_serves_diagnose_and_assess(tmp_path, capsys):
     t.write_text("long_tail_count: 2.5\n")
     code, _, err = run_cli(capsys, "diagnose", str(d), "--thresholds", str(t))
     assert code == 2 and "threshold 'long_tail_count': got 2.5; allowed: a whole number" in err
+
+
+@pytest.mark.parametrize("command", ["show", "report"])
+def test_show_and_report_read_a_run_whose_config_yaml_is_not_utf8(tmp_path, capsys, command):
+    """A run folder whose config.yaml is latin-1 (a hand edit: 'é' as one byte) gave show / report a traceback
+    (UnicodeDecodeError: read_text outside the YAML parse's try): the file is no valid YAML, said in a note."""
+    d = write_run(tmp_path / "run", s.overfit())
+    (d / "config.yaml").write_bytes("model:\n  name_or_path: caf\u00e9\n".encode("latin-1"))
+    argv = [command, str(d)] + (["-o", str(tmp_path / "r.html")] if command == "report" else [])
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0 and "Traceback" not in err
+    assert command == "report" or "config.yaml is not valid YAML" in out + err

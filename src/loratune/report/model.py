@@ -873,10 +873,11 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
     if (d / "config.yaml").is_file():
         import yaml
 
-        config_yaml = (d / "config.yaml").read_text(encoding="utf-8")
-        try:
+        try:  # a file not in UTF-8 (UnicodeDecodeError, a ValueError) is no valid YAML either
+            config_yaml = (d / "config.yaml").read_text(encoding="utf-8")
             config = yaml.safe_load(config_yaml) or {}
         except (yaml.YAMLError, *PARSE_ERRORS):
+            config_yaml = ""
             notes.append("config.yaml is not valid YAML")
     elif isinstance(run.get("config"), dict):
         config = run["config"]
