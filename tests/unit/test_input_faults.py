@@ -195,3 +195,20 @@ def test_a_run_json_value_that_reads_wrong_is_no_invalid_json(tmp_path):
     h = read_loratune_run(tmp_path)
     assert not any("not valid JSON" in n for n in h.notes)
     assert h.meta["status"] == "died" and h.meta["labels"] == ["a", "b"]
+
+
+def test_a_damaged_local_study_file_is_said_damaged_not_a_server_to_check(tmp_path):
+    """`tune --resume` on a study.db that is not a database ('file is not a database') advised 'check the URL, the
+    server and the credentials': for a local SQLite file the fix is a new --study-dir (fuzz hunt)."""
+    import sqlite3
+
+    from loratune.search.study import storage_error
+
+    db = tmp_path / "study.db"
+    db.write_bytes(b"this is no sqlite file at all" * 10)
+    try:
+        sqlite3.connect(db).execute("select 1 from sqlite_master")
+    except sqlite3.DatabaseError as exc:
+        err = storage_error(f"sqlite:///{db}", exc)
+    assert "is damaged" in str(err) and "new --study-dir" in err.fix
+    assert "credentials" not in err.fix

@@ -142,6 +142,10 @@ def storage_error(url: str, exc: BaseException) -> UserError:
         return UserError(f"another process is creating the study in {safe} at the same moment",
                          "start one `loratune tune` per study; wait a second and use --resume (resume=True) to "
                          "continue it")
+    if scheme == "sqlite" and ("not a database" in text or "malformed" in text):
+        return UserError(f"the study's SQLite file {safe} is damaged ({text.splitlines()[0][:300]})",
+                         "continue in a new --study-dir (or restore the file from a backup): the trial folders' "
+                         "run records stay readable with `loratune show` / `loratune diagnose`")
     return UserError(f"cannot open study storage {safe} ({text.splitlines()[0][:300]})",
                      "check the URL, the server and the credentials (a SQLAlchemy URL such as "
                      "sqlite:///study.db or postgresql://user@host/db)")
