@@ -1990,3 +1990,18 @@ def test_a_rank_sweep_of_one_point_scopes_the_rank_view_as_study_json_does(tmp_p
 
     assert rank_sweep_working(sweep, {n: p for n, _, _, p in pts}) == (5, pts[2][3])
     assert rank_sweep_working([], {n: p for n, _, _, p in pts}) is None
+
+
+def test_a_study_whose_study_db_is_damaged_says_so_not_an_empty_study(tmp_path):
+    """show / report of a study whose study.db is damaged (a SQLite header over garbage: 'file is not a database')
+    read as a study of 0 trials 'rebuilt from ... the Optuna records', never saying the file could not be read
+    (fuzz hunt): a note says it, on one line, with the fix."""
+    from loratune.report.study import build_study_report
+
+    study = tmp_path / "s"
+    study.mkdir()
+    (study / "study.db").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 8)
+    notes = build_study_report(study).notes
+    said = [n for n in notes if "study.db could not be read" in n]
+    assert len(said) == 1 and "not a database" in said[0] and "new --study-dir" in said[0]
+    assert "\n" not in said[0] and "sqlalche.me" not in said[0]

@@ -265,12 +265,15 @@ def _read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+NO_STUDY_DB = "no study.db"  # why _optuna_records read nothing, where nothing is wrong
+
+
 def _optuna_records(study_dir: Path) -> tuple[list[dict], dict, str | None]:
     """Trial records and the study's loratune meta (strategy, budget, ...) from study.db (read only),
     or ([], {}, why not)."""
     db = study_dir / STUDY_DB
     if not db.is_file():
-        return [], {}, "no study.db"
+        return [], {}, NO_STUDY_DB
     try:
         import warnings
 
@@ -291,7 +294,8 @@ def _optuna_records(study_dir: Path) -> tuple[list[dict], dict, str | None]:
                     out.append({"number": t.number, "state": t.state.name, "attrs": attrs, "record": rec})
         return out, meta, None
     except Exception as exc:  # a locked, newer or damaged storage must not stop the report
-        return [], {}, f"study.db could not be read ({type(exc).__name__}: {exc})"
+        first = (str(exc).splitlines() or [""])[0][:200]  # SQLAlchemy appends the SQL and a link on more lines
+        return [], {}, f"study.db could not be read ({type(exc).__name__}: {first})"
 
 
 def _rel(path: str | None, root: Path) -> str | None:
@@ -656,6 +660,9 @@ def build_study_report(study_dir: str | Path) -> StudyReport:
         notes.append("no decision trail (decisions.jsonl is missing or empty)")
     # the trials --------------------------------------------------------------------------------
     records, meta, why = _optuna_records(root)
+    if why is not None and why != NO_STUDY_DB:  # a damaged or locked study.db: said, not read as an empty study
+        notes.append(f"{why}: the trials and settings it holds are not shown (a damaged file: continue in a new "
+                     "--study-dir; the trial folders' run records stay readable)")
     by_number = {r["number"]: r["record"] for r in records if r.get("record")}
     rows = summary.get("trials")
     if not rows:
