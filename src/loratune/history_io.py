@@ -3014,8 +3014,14 @@ _CSV_NOT_SCORES = frozenset({"step", "epoch", "lr", "train/grad_norm", "val/n", 
 # Lightning's LearningRateMonitor: `lr-<optimizer class>`, `-N` for a second optimizer of one class, `/pgN` for each
 # param group (lr-AdamW, lr-Adam-1, lr-AdamW/pg2, lr-RMSprop); not its `-momentum` twin. Each is a column (a tag) of the
 # rate: the first by name is read (one optimizer's first group), the others said (_lightning_lr_note). A list of three
-# names read lr-AdamW, lr-Adam and lr-SGD only, and no param group's
-LIGHTNING_LR_TAG = re.compile(r"lr-[A-Z][A-Za-z0-9_]*(?:-\d+)?(?:/pg\d+)?")
+# names read lr-AdamW, lr-Adam and lr-SGD only, and no param group's. A tracker's export may lower-case the tag and
+# write `_` for its `-` and `/` (`lr_adamw`, `lr-adamw`, `lr_adamw_pg2`: read as lr-AdamW is): matched without case
+# where the name is an optimizer's (torch.optim's, bitsandbytes' and Lion's classes), as a lower-case `lr_decay` or
+# `lr_min` column is no rate's tag
+_LIGHTNING_LR_OPTIMIZERS = (r"(?:sparse|paged|n|r)?adam[a-z0-9]*|adadelta|adafactor|adagrad|asgd|lbfgs|rmsprop|rprop|sgd"
+                            r"|lion[a-z0-9]*")
+LIGHTNING_LR_TAG = re.compile(r"lr-[A-Z][A-Za-z0-9_]*(?:-\d+)?(?:/pg\d+)?"
+                              rf"|(?i:lr[-_](?:{_LIGHTNING_LR_OPTIMIZERS})(?:[-_]\d+)?(?:[/_]pg\d+)?)")
 
 
 def _norm(name: str) -> str:

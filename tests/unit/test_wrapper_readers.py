@@ -348,3 +348,19 @@ def test_a_loops_tensorboard_log_with_a_learning_rate_tag_is_no_trainers_partial
     out = capsys.readouterr().out
     said = " ".join(out.split())
     assert "#2 (end unknown): the same run as" in said and "(end unknown, " in said and "finished" not in said
+
+
+@pytest.mark.parametrize("column", ["lr_adamw", "lr-adamw", "LR_ADAMW", "lr_adamw_pg1", "lr-rmsprop"])
+def test_a_lower_cased_learning_rate_monitor_column_is_read_as_the_learning_rate(tmp_path, column):
+    """A tracker's export that lower-cases LearningRateMonitor's `lr-AdamW` (`lr_adamw`, `lr-adamw`) was no longer
+    read as the rate once the tag became a case-sensitive pattern: 'CSV columns ignored: lr_adamw', no peak lr. The
+    pattern matches an optimizer's name without case; a lower-case `lr_decay` column is still no rate."""
+    rows = [f"step,train_loss,{column},lr_decay,val_loss"]
+    for s in range(100, 1001, 100):
+        rows.append(f"{s},{1.1 * math.exp(-s / 300) + 0.05},{2e-4 * (1 - s / 2000)},0.5,{0.9 * math.exp(-s / 400) + 0.1}")
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    h = load_run(tmp_path / "metrics.csv")
+    assert [p["lr"] for p in h.points] == pytest.approx([2e-4 * (1 - s / 2000) for s in range(100, 1001, 100)])
+    assert h.facts["learning_rate"].value == pytest.approx(2e-4, rel=0.05)
+    assert not any(column in n for n in h.notes if "ignored" in n)
+    assert any("'lr_decay'" in n for n in h.notes if "ignored" in n)
