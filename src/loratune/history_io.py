@@ -27,7 +27,7 @@ from loratune.features import (IMPROVE_MIN_REL, LR_NEXT_KEY, NO_VAL_SIZE_NOISE, 
                                is_eval_point)
 from loratune.store import (CALLBACK_RECORD_SOURCE, CONFIG_TEXT, HISTORY, PER_CLASS, RECORD_TEXT, RUN, STATUS_TEXT,
                             TB_TEXT_SUFFIX, TENSORBOARD_DIR, RunStore, check_name_length, is_callback_record,
-                            lr_logs_next_step, read_history_lines, unfenced)
+                            lr_logs_next_step, read_history_lines, trainer_logs_next_lr, unfenced)
 
 
 @dataclass(frozen=True)
@@ -1350,7 +1350,14 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     for e in logs:
         if _fin(e.get("learning_rate")) is not None and not _is_end_entry(e):
             rated.setdefault(float(e["step"]), e)
-    facts.update(_lr_facts([rated[k] for k in sorted(rated)], facts["max_steps"].value if "max_steps" in facts else None))
+    older = _transformers_version(folder, model_config)
+    next_lr = trainer_logs_next_lr(older)
+    if next_lr and rated:  # its `learning_rate` at step s is the rate step s + 1 uses: read as that (lr_samples)
+        points = [{(LR_NEXT_KEY if k == "lr" else k): v for k, v in p.items()} for p in points]
+        notes.append(f"transformers {older} (the model config's transformers_version) logged at each step the rate "
+                     "the next step uses: the learning rates read one step later")
+    facts.update(_lr_facts([rated[k] for k in sorted(rated)], facts["max_steps"].value if "max_steps" in facts else None,
+                           next_lr=next_lr))
     if trl_kind is not None:
         meta["task"], meta["trl_kind"] = trl_kind[1], trl_kind[0]
         facts["task"] = Fact(trl_kind[1], f"TRL {trl_kind[0]} keys in the log ({', '.join(trl_kind[2][:3])})")
@@ -2130,7 +2137,19 @@ def _config_from_facts(adapter: dict, facts: dict) -> dict:
     return config
 
 
-def _lr_facts(train_logs: Sequence[dict], max_steps: Any = None) -> dict[str, "Fact"]:
+def _transformers_version(folder: Path, live: tuple[Mapping[str, Any], str] | None = None) -> str | None:
+    """The transformers version a Trainer run's model config names (`transformers_version`: the live model's, else
+    the config.json beside the state), or None."""
+    try:
+        cfg = dict(live[0]) if live is not None else (
+            json.loads(p.read_text(encoding="utf-8")) if (p := _side_file(folder, "config.json")) is not None else {})
+    except (OSError, *PARSE_ERRORS, UnicodeDecodeError, TypeError, ValueError):
+        return None
+    v = cfg.get("transformers_version") if isinstance(cfg, dict) else None
+    return v if isinstance(v, str) else None
+
+
+def _lr_facts(train_logs: Sequence[dict], max_steps: Any = None, next_lr: bool = False) -> dict[str, "Fact"]:
     """The learning rate's peak and schedule from the `learning_rate` logged at every logging step.
 
     The logged values are samples of the schedule, so the peak is estimated: after warm-up, each sample
@@ -2139,10 +2158,10 @@ def _lr_facts(train_logs: Sequence[dict], max_steps: Any = None) -> dict[str, "F
     shape that fits the samples best (`_round_lr`). `max_steps`: the state's planned steps, where the Trainer's
     schedule ends (a checkpoint's log stops well before it: see _fit_decay)."""
     # the Trainer logs at step s the rate step s used, i.e. the schedule's value after s - 1 scheduler steps: so since
-    # transformers 4.51 (huggingface/transformers#36973); older ones logged the rate after step s's scheduler update,
-    # step s + 1's. Left so: neither trainer_state.json nor the callback's record names the transformers version, and
-    # the difference is one step of the warmup read (warmup_steps one low) and of the lr clock, the peak unchanged
-    return _lr_schedule_facts([(float(e["step"]) - 1.0, float(e["learning_rate"])) for e in train_logs
+    # store.TRAINER_LR_CLOCK_SINCE; older ones logged the rate after step s's scheduler update, step s + 1's
+    # (`next_lr`: where the run's config.json names such a version; unknown, read as a newer one's)
+    lag = 0.0 if next_lr else 1.0
+    return _lr_schedule_facts([(float(e["step"]) - lag, float(e["learning_rate"])) for e in train_logs
                                if _fin(e.get("learning_rate")) is not None], _fin(max_steps))
 
 

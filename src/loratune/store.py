@@ -69,12 +69,29 @@ RUN_RECORD_VERSION_KEY = "loratune"
 RECORD_VERSION = 2
 
 
+# the first transformers release whose Trainer logs at step s the `learning_rate` step s used (its _get_learning_rate
+# before lr_scheduler.step(), huggingface/transformers#36973); older ones logged the rate after step s's scheduler
+# update, the rate step s + 1 uses, as a loratune record older than RECORD_VERSION 2 did
+TRAINER_LR_CLOCK_SINCE = (4, 51)
+
+
+def trainer_logs_next_lr(transformers_version: Any) -> bool:
+    """Whether a Trainer of this transformers version (a run.json's `versions`, a config.json's
+    `transformers_version`) logged at step s the rate step s + 1 uses: a release before TRAINER_LR_CLOCK_SINCE (its
+    dev builds included). False where the version is unknown or no version: the rate step s used, as since then."""
+    m = re.match(r"\s*v?(\d+)\.(\d+)", transformers_version) if isinstance(transformers_version, str) else None
+    return m is not None and (int(m[1]), int(m[2])) < TRAINER_LR_CLOCK_SINCE
+
+
 def lr_logs_next_step(run: Any) -> bool:
-    """Whether a run.json is a `loratune train` record older than RECORD_VERSION 2, whose history's `lr` at step s is
-    the rate step s + 1 uses (LoratuneCallback's records carry the Trainer's own logged rate: the rate step s used since
-    transformers 4.51, read so whatever the version, which they do not name: history_io._lr_facts)."""
-    return (isinstance(run, dict) and isinstance(run.get("versions"), dict)
-            and RUN_RECORD_VERSION_KEY in run["versions"] and not is_callback_record(run)
+    """Whether a run.json's history logs at step s, as `lr`, the rate step s + 1 uses: a `loratune train` record older
+    than RECORD_VERSION 2, or LoratuneCallback's record of a Trainer run under a transformers older than
+    TRAINER_LR_CLOCK_SINCE (its record's `versions` name it; a record without them is read as the rate step s used)."""
+    if not (isinstance(run, dict) and isinstance(run.get("versions"), dict)):
+        return False
+    if is_callback_record(run):
+        return trainer_logs_next_lr(run["versions"].get("transformers"))
+    return (RUN_RECORD_VERSION_KEY in run["versions"]
             and not (isinstance(run.get("record_version"), int) and run["record_version"] >= 2))
 # run.json `source` of LoratuneCallback's record, and the source its RunHistory reads as (a Trainer run, recorded live)
 CALLBACK_RECORD_SOURCE = "hf-trainer callback"
@@ -428,7 +445,7 @@ def is_callback_record(meta: Any) -> bool:
 
 def run_record(path: str | Path) -> dict | None:
     """The run.json at `path` when it is a loratune run's record (RUN_RECORD_VERSION_KEY, or LoratuneCallback's record
-    of a Trainer run, which keeps no versions), else None: missing, no
+    of a Trainer run, whose older records keep no versions), else None: missing, no
     regular file, no JSON, or another JSON of that name (a user's `{"mine": 1}`). The one place that decides whether a
     run.json is loratune's, so that a new run replaces only what a run wrote."""
     p = Path(path)

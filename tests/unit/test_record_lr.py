@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from loratune.features import _lr_clock, compute_features
+from loratune.features import _lr_clock, compute_features, lr_samples
 from loratune.history_io import load_run
 
 USED = [0.0, 1e-3, 2e-3, 3e-3, 2e-3, 1e-3]  # steps 1..6: a warmup to 3e-3, then a decay
@@ -60,3 +60,88 @@ def test_a_callback_record_keeps_the_trainers_lr(tmp_path):
     (d / "run.json").write_text(json.dumps({"status": "completed", "source": "hf-trainer callback"}))
     (d / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in _points(USED)))
     assert [p["lr"] for p in load_run(d).points] == [0.0] + USED
+
+
+def _callback_record(d, transformers_version):
+    d.mkdir()
+    run = {"status": "completed", "source": "hf-trainer callback", "steps_planned": 6, "steps_done": 6,
+           "versions": {"loratune": "0.1.0", "transformers": transformers_version}}
+    (d / "run.json").write_text(json.dumps(run))
+    (d / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in _points(
+        NEXT if transformers_version < "4.51" else USED)))
+    return load_run(d)
+
+
+def test_a_callback_record_of_a_transformers_before_4_51_reads_its_lr_one_step_later(tmp_path):
+    """transformers < 4.51 logged at step s the rate step s + 1 uses; the callback's record named no version, so its
+    history was read as the rate step s used whatever the version. It names them now (run.json `versions`), and a
+    record of an older transformers is read as an older loratune record is (store.TRAINER_LR_CLOCK_SINCE)."""
+    from loratune.store import TRAINER_LR_CLOCK_SINCE, trainer_logs_next_lr
+
+    assert TRAINER_LR_CLOCK_SINCE == (4, 51)
+    assert [trainer_logs_next_lr(v) for v in ("4.46.3", "4.50.0.dev0", "4.51.0", "4.57.1", "5.0.0", None, "x")] == [
+        True, True, False, False, False, False, False]
+    old, new = _callback_record(tmp_path / "old", "4.46.3"), _callback_record(tmp_path / "new", "4.51.3")
+    assert [p["lr"] for p in new.points] == [0.0] + USED
+    assert [p.get("lr_next") for p in old.points[1:]] == NEXT and all("lr" not in p for p in old.points[1:])
+    clock_new, clock_old = _lr_clock(new.points), _lr_clock(old.points)
+    assert [clock_old(s) - clock_old(2) for s in range(2, 7)] == pytest.approx(
+        [clock_new(s) - clock_new(2) for s in range(2, 7)])
+
+
+def _SCHED(k):
+    """The rate after k scheduler updates: 4 warmup steps to 1e-3, a linear decay to step 40."""
+    return 1e-3 * k / 4 if k < 4 else 1e-3 * (40 - k) / 36
+
+
+def _trainer_dir(d, transformers_version):
+    """A Trainer output dir: 4 warmup steps to 1e-3, a linear decay to step 40, logged every 2 steps, as that
+    transformers logged it (>= 4.51: the rate step s used, the schedule after s - 1 updates; older: after s)."""
+    d.mkdir()
+    lag = 0 if transformers_version < "4.51" else 1
+    log = [{"step": s, "loss": 1.0 - 0.01 * s, "learning_rate": _SCHED(s - lag), "epoch": s / 40} for s in range(2, 41, 2)]
+    log += [{"step": s, "eval_loss": 1.0 - 0.01 * s, "epoch": s / 40} for s in range(10, 41, 10)]
+    (d / "trainer_state.json").write_text(json.dumps({"global_step": 40, "max_steps": 40, "log_history": log}))
+    (d / "config.json").write_text(json.dumps({"id2label": {"0": "a", "1": "b"}, "architectures": [
+        "BertForSequenceClassification"], "transformers_version": transformers_version}))
+    return load_run(d)
+
+
+def test_a_trainer_dir_whose_config_names_a_transformers_before_4_51_reads_its_lr_one_step_later(tmp_path):
+    """A Trainer dir's config.json names the transformers that trained it: before 4.51 its logged rate is the next
+    step's, its warmup read one step early (warmup_steps 3 of a 4-step warmup) and its lr clock a step ahead."""
+    old, new = _trainer_dir(tmp_path / "old", "4.46.3"), _trainer_dir(tmp_path / "new", "4.51.3")
+    assert new.facts["warmup_steps"].value == 4 and old.facts["warmup_steps"].value == 4
+    assert new.facts["learning_rate"].value == pytest.approx(1e-3) == old.facts["learning_rate"].value
+    assert all("lr" not in p for p in old.points) and any("lr_next" in p for p in old.points)
+    assert any("transformers 4.46.3" in n and "one step later" in n for n in old.notes)
+    assert not any("one step later" in n for n in new.notes)
+    # both read as the rate each step used: the schedule after s - 1 updates at step s
+    for h in (old, new):
+        samples = lr_samples(h.points)
+        assert [v for _, v in samples] == pytest.approx([_SCHED(s - 1) for s, _ in samples])
+
+
+def test_the_callbacks_record_names_the_library_versions(tmp_path):
+    """LoratuneCallback's run.json kept no `versions` (loratune's own run.json does): transformers', peft's, TRL's
+    and torch's where installed, and loratune's, as `loratune train` keeps them."""
+    from types import SimpleNamespace
+
+    import torch
+    import transformers
+
+    from loratune import __version__
+    from loratune.integrations import LoratuneCallback
+
+    cb = LoratuneCallback(printer=lambda s: None)
+    args, control = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(should_training_stop=False)
+    cb.on_train_begin(args, None, control)
+    log = [{"step": s, "loss": 0.7 - 0.01 * s, "learning_rate": 1e-4, "epoch": s / 20} for s in range(1, 11)]
+    log.append({"step": 10, "eval_loss": 0.6, "epoch": 0.5})
+    state = SimpleNamespace(max_steps=20, num_train_epochs=1, train_batch_size=8, logging_steps=1, eval_steps=10,
+                            save_steps=500, global_step=10, log_history=log, is_world_process_zero=True)
+    cb.on_evaluate(args, state, control)
+    cb.on_train_end(args, state, control)
+    versions = json.loads((tmp_path / "loratune" / "run.json").read_text())["versions"]
+    assert versions["transformers"] == transformers.__version__ and versions["torch"] == torch.__version__
+    assert versions["loratune"] == __version__ and "peft" in versions

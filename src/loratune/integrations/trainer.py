@@ -581,7 +581,7 @@ class LoratuneCallback(TrainerCallback):
                 "stopped_by": self.stopped_by, "verdict": d.verdict, "config": run.config,
                 # the thresholds= its verdict was read with: `loratune diagnose` of the record reads it back with them
                 **run_thresholds_entry(resolve_thresholds(self.thresholds)),
-                **_method(model),
+                **_method(model), "versions": _versions(),
                 "train_loss_scale": None if not self.loss_scale else {
                     **self.loss_scale,
                     "why": "the Trainer logged each train loss as the sum of its gradient-accumulation micro-batches' "
@@ -745,6 +745,31 @@ def _labels(model) -> list[str] | None:
     if len(id2label) >= 2 and not any(str(a).endswith("ForCausalLM") for a in (d.get("architectures") or [])):
         return [str(id2label[k]) for k in sorted(id2label, key=int)]
     return None
+
+
+# the libraries whose versions the record keeps, as loratune's own run.json does (train.versions), TRL's too: the
+# Trainer's log reads by its transformers version (store.trainer_logs_next_lr)
+RECORD_LIBRARIES = ("torch", "transformers", "peft", "trl")
+
+
+def _versions() -> dict[str, str]:
+    """run.json's `versions`: loratune's, and each of RECORD_LIBRARIES installed (by its imported module where one is
+    loaded, the version that runs)."""
+    from importlib import metadata
+
+    from loratune import __version__
+    from loratune.store import RUN_RECORD_VERSION_KEY
+
+    out = {RUN_RECORD_VERSION_KEY: __version__}
+    for lib in RECORD_LIBRARIES:
+        v = getattr(sys.modules.get(lib), "__version__", None)
+        if not isinstance(v, str):
+            try:
+                v = metadata.version(lib)
+            except metadata.PackageNotFoundError:
+                continue
+        out[lib] = v
+    return out
 
 
 def _write_record(folder: Path, points, meta: dict) -> None:
