@@ -593,6 +593,33 @@ _UNDERFIT_LOW = all_(c("train_loss_late_drop", "<", "plateau_late_drop_max"),
                      c("val_metric_best", "<", "underfit_metric_max"),
                      c("val_metric_gain_per_epoch_late", "<", "flat_per_epoch_max"))
 
+# protocol 5b's collapse of a classifier: its predictions on one class, or its val metric frozen, with the loss pinned
+# near ln(classes): `collapsed` reads it at an lr inside the usual range, lr-too-large for a full fine-tune above its
+# own range (below its collapse_lr_min)
+_ONE_CLASS = all_(c("classifier", ">=", "flag_on"), any_(
+    # per-class numbers: one class takes most predictions with the loss pinned, and the val metric no longer climbing:
+    # a metric still rising beyond its noise at the end is a model still leaving its first guess (a 12-step lr probe
+    # at 1e-3: 0.028 -> 0.265, 51% of the predictions on one class, train loss 0.92 x ln 20), not predictions that
+    # stopped changing
+    all_(c("val_pred_top_share", ">=", "collapse_pred_share"),
+         c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
+         c("still_improving", "<", "flag_on")),
+    # without per-class numbers, the predictions frozen: the val metric repeating one value at most of more than a few
+    # evals and never rising, the loss pinned: the train loss near ln(classes) and not falling at all, or the val loss
+    # where its first eval left it, jittering rather than creeping down. yanmingk (J, DeBERTa-v2-xlarge, accuracy
+    # 0.405 at 3 of 4 evals, train loss 0.95 x ln 3 over 1,600 steps at 1.4e-5); pramanik-souvik (N, accuracy 0.6929
+    # at all 10 evals, the majority share); PechimuthuMithil (Q, SST-2 at the class share 0.5092)
+    all_(c("val_metric_logged", ">=", "flag_on"),
+         c("n_eval_points", ">", "few_evals_max"),
+         c("val_metric_repeat_share", ">", "collapse_repeat_share_max"),
+         c("val_metric_gain", "<", "no_gain_max"),
+         any_(all_(c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
+                   c("train_loss_final_over_start", ">=", "pinned_loss_ratio_min")),
+              all_(c("val_loss_drop", "<", "pinned_val_drop_max"),
+                   c("val_loss_rise_share", ">", "frozen_rise_share_min"))))),
+    why="a classifier on one class: its predictions, or its val metric, stopped changing with the loss pinned")
+
+
 _CURVE_AND_CLASS = ("collapsed", "lr-too-large", "overfit-capacity", "underfit-capacity", "lr-too-small",
                     "undertrained", "healthy", "confusable-classes-unresolved", "long-tail-collapse",
                     "label-noise-suspected", "novel-phrasing-gap", "both-slices-low", "compound-intents-missed",
@@ -628,30 +655,7 @@ _RULES = (
         # routes read the same run (a loss that spiked above ln(classes) first, an oscillation), the lr is named
         when=all_(c("peak_lr", ">=", "usual_lr_min"),
                   c("peak_lr", "<", "collapse_lr_min"),
-                  any_(all_(c("classifier", ">=", "flag_on"), any_(
-                       # per-class numbers: one class takes most predictions with the loss pinned, and the val
-                       # metric no longer climbing: a metric still rising beyond its noise at the end is a model
-                       # still leaving its first guess (a 12-step lr probe at 1e-3: 0.028 -> 0.265, 51% of the
-                       # predictions on one class, train loss 0.92 x ln 20), not predictions that stopped changing
-                       all_(c("val_pred_top_share", ">=", "collapse_pred_share"),
-                            c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
-                            c("still_improving", "<", "flag_on")),
-                       # without per-class numbers, the predictions frozen: the val metric repeating one value at
-                       # most of more than a few evals and never rising, the loss pinned: the train loss near
-                       # ln(classes) and not falling at all, or the val loss where its first eval left it, jittering
-                       # rather than creeping down. yanmingk (J, DeBERTa-v2-xlarge, accuracy 0.405 at 3 of 4 evals,
-                       # train loss 0.95 x ln 3 over 1,600 steps at 1.4e-5); pramanik-souvik (N, accuracy 0.6929 at
-                       # all 10 evals, the majority share); PechimuthuMithil (Q, SST-2 at the class share 0.5092)
-                       all_(c("val_metric_logged", ">=", "flag_on"),
-                            c("n_eval_points", ">", "few_evals_max"),
-                            c("val_metric_repeat_share", ">", "collapse_repeat_share_max"),
-                            c("val_metric_gain", "<", "no_gain_max"),
-                            any_(all_(c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
-                                      c("train_loss_final_over_start", ">=", "pinned_loss_ratio_min")),
-                                 all_(c("val_loss_drop", "<", "pinned_val_drop_max"),
-                                      c("val_loss_rise_share", ">", "frozen_rise_share_min"))))),
-                            why="a classifier on one class: its predictions, or its val metric, stopped changing "
-                                "with the loss pinned"),
+                  any_(_ONE_CLASS,
                        # any task: the val loss itself repeating one value at most evals (the outputs frozen; a val
                        # metric, where logged, not moving either), pinned: near ln(classes), or beside a train loss
                        # that did not fall at all (a loss of 0 repeating is a target the model fits exactly, not a
@@ -809,6 +813,13 @@ _RULES = (
             # tentatively as underfit-capacity would, however the routes above fail; the lr is its gate. A loss still
             # falling at its end has not stuck (the val loss's late fall, as the flattened route's late share reads it)
             # Its claim is about the lr: with none logged (peak_lr missing) the rule is not evaluated (`required`)
+            # a full fine-tune above the top of its own lr range whose classifier collapsed to one class (protocol 5b:
+            # the predictions on one class, or its val metric frozen, with the loss pinned near ln(classes)), below
+            # the collapse routes' collapse_lr_min (1e-3 for a full fine-tune): the collapse, read as one. Before the
+            # stalled route below, whose reading ("stalled high, train and val both low") read a full fine-tune's
+            # collapse at 2e-4 (val accuracy at the majority share, loss at ln 4 throughout)
+            all_(_full_lr_at_high(required=True), _ONE_CLASS,
+                 why="a full fine-tune at an lr above its usual range collapsed to one class"),
             all_(_full_lr_at_high(required=True),
                  _stalled("above a full fine-tune's usual range", c("val_loss_still_falling", "<", "flag_on")),
                  _UNDERFIT_LOW,

@@ -1214,3 +1214,25 @@ def test_a_gates_lr_clause_read_again_in_a_route_is_no_evidence(lr):
     d = diagnose(pts, meta={"status": "completed", "method": "full"})
     assert d.verdict == "collapsed"
     assert not d.fired("lr-too-large", active_only=False)
+
+
+@pytest.mark.parametrize("lr", [2e-4, 5e-4])
+def test_a_full_fine_tunes_collapse_above_its_range_reads_as_a_collapse(lr):
+    """A full fine-tune that collapsed at 2e-4 (above its 1e-5..5e-5, below its collapse_lr_min 1e-3): the loss at
+    ln(classes) throughout, val accuracy frozen at the majority share. It read lr-too-large "a full fine-tune at an
+    lr above its usual range stalled high, train and val both low" (underfit-capacity's stall route): now the route
+    that fires is the collapse's, with a full fine-tune's lr move; a LoRA run at that lr reads `collapsed` as before."""
+    L = s.lnk()
+    pinned = s.make_history(train_loss=lambda f: L, val_loss=lambda f: L * (1 + 0.001 * math.sin(9 * f)),
+                            val_f1=lambda f: 0.1)
+    full = verdict(_at_lr(pinned, lr), {**META, "method": "full"})
+    assert full.verdict == "lr-too-large" and full.primary.moves == ("learning_rate /2",)
+    assert full.primary.route[0] == "a full fine-tune at an lr above its usual range collapsed to one class"
+    assert not any("stalled" in r for r in full.primary.route)
+    lora = verdict(_at_lr(pinned, lr), {**META, "method": "lora"})
+    assert lora.verdict == "collapsed"
+    # a full fine-tune whose val metric learned is no collapse: not this route
+    learning = s.make_history(train_loss=lambda f: L, val_loss=lambda f: L * (1 - 0.2 * f),
+                              val_f1=lambda f: 0.1 + 0.6 * f)
+    d = verdict(_at_lr(learning, lr), {**META, "method": "full"})
+    assert d.primary is None or "collapsed to one class" not in " ".join(d.primary.route)

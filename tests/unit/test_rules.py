@@ -46,7 +46,7 @@ FIRING = {
                          train_loss_late_drop=0.02, train_eval_metric_final=0.4, gap_f1=0.03, val_metric_best=0.37,
                          val_metric_gain_per_epoch_late=0.001, generative=0, prompt_len_ratio_final=1.0,
                          prompt_capped_share_final=0.0, prompt_familiar_score_final=0.5,
-                         prompt_novel_score_final=0.5, val_loss_still_falling=0),
+                         prompt_novel_score_final=0.5, val_loss_still_falling=0, still_improving=0),
     "overfit-capacity": dict(train_loss_vs_chance=0.5, train_loss_final_over_start=0.02,
                              train_eval_metric_final=0.9, val_loss_rise=0.3, val_loss_rise_noise=5.0,
                              val_metric_final_drop=0.05, val_metric_final_drop_se=3.0, val_loss_min_fraction=0.6,
