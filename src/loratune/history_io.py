@@ -855,7 +855,7 @@ def history_from_trainer_state(state: Mapping[str, Any], folder: Path, *, name: 
         facts["steps_done"] = Fact(int(state["global_step"]), f"{source_file} global_step")
     run = _from_log_history(state.get("log_history") or [], folder, facts, name=name, path=path or str(folder),
                             source_file=source_file, adapter=adapter, ended=_state_ended(state),
-                            unrounded=UNROUNDED_EPOCHS_KEY in state, model_config=model_config)
+                            unrounded=UNROUNDED_EPOCHS_KEY in state, model_config=model_config, by_trainer=True)
     if isinstance(state.get(BEST_CHECKPOINT), str):  # load_best_model_at_end: where the best step's model is
         run.meta[BEST_CHECKPOINT] = best_checkpoint(state[BEST_CHECKPOINT], folder)
     return run
@@ -977,7 +977,7 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
     # another writer's log: read to its last point (no partial run's reading), its end unknown (END_UNKNOWN_KEY)
     h = _from_log_history(log_history, side, {}, name=name,
                           path=str(d), source_file="TensorBoard events", source="tensorboard",
-                          finished=None if by_trainer else True,
+                          finished=None if by_trainer else True, by_trainer=by_trainer,
                           notes=[f"read {len(files)} event file(s) in "
                                  f"{', '.join(sorted({str(f.parent) for f in files}))}", *run_notes,
                                  *([late] if late else []), *tag_notes, *ended])
@@ -1253,9 +1253,13 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
                       path: str, source_file: str, source: str | None = None,
                       notes: list[str] | None = None, adapter: Mapping[str, Any] | None = None,
                       finished: bool | None = None, ended: str | None = None, unrounded: bool = False,
-                      model_config: tuple[Mapping[str, Any], str] | None = None) -> RunHistory:
+                      model_config: tuple[Mapping[str, Any], str] | None = None,
+                      by_trainer: bool = False) -> RunHistory:
     """`unrounded`: the logged epochs are as the Trainer computed them, never round(epoch, 2)'s
-    (UNROUNDED_EPOCHS_KEY)."""
+    (UNROUNDED_EPOCHS_KEY). `by_trainer`: the Hugging Face Trainer wrote the log (a trainer_state.json, the live
+    state, a TensorBoard log with the Trainer's own tags), whose logged rate is read on its transformers version's lr
+    clock (store.trainer_logs_next_lr); any other writer's (a loop's own SummaryWriter beside an old config.json)
+    logs the rate its own way, read as the rate each step used."""
     notes = list(notes or [])
     log_history, aliased = _trainer_loss_keys(log_history)
     if aliased:
@@ -1350,7 +1354,7 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     for e in logs:
         if _fin(e.get("learning_rate")) is not None and not _is_end_entry(e):
             rated.setdefault(float(e["step"]), e)
-    older = _transformers_version(folder, model_config)
+    older = _transformers_version(folder, model_config) if by_trainer else None
     next_lr = trainer_logs_next_lr(older)
     if next_lr and rated:  # its `learning_rate` at step s is the rate step s + 1 uses: read as that (lr_samples)
         points = [{(LR_NEXT_KEY if k == "lr" else k): v for k, v in p.items()} for p in points]

@@ -145,3 +145,50 @@ def test_the_callbacks_record_names_the_library_versions(tmp_path):
     versions = json.loads((tmp_path / "loratune" / "run.json").read_text())["versions"]
     assert versions["transformers"] == transformers.__version__ and versions["torch"] == torch.__version__
     assert versions["loratune"] == __version__ and "peft" in versions
+
+
+def _tb_dir(d, transformers_version, *, trainer):
+    """A TensorBoard log under logs/ beside a config.json naming `transformers_version`: a loop's own SummaryWriter
+    (lr/train_loss/val_loss, the rate each step used) or, `trainer`, the Trainer's (its train/epoch tag; its rate as
+    that transformers logged it, as _trainer_dir)."""
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"id2label": {"0": "a", "1": "b"}, "architectures": [
+        "BertForSequenceClassification"], "transformers_version": transformers_version}))
+    lag = 0 if trainer and transformers_version < "4.51" else 1
+    w = SummaryWriter(str(d / "logs"))
+    for s in range(2, 41, 2):
+        if trainer:
+            w.add_scalar("train/loss", 1.0 - 0.01 * s, s)
+            w.add_scalar("train/learning_rate", _SCHED(s - lag), s)
+            w.add_scalar("train/epoch", s / 40, s)
+            if s % 10 == 0:
+                w.add_scalar("eval/loss", 1.0 - 0.01 * s, s)
+        else:
+            w.add_scalar("train_loss", 1.0 - 0.01 * s, s)
+            w.add_scalar("lr", _SCHED(s - lag), s)
+            if s % 10 == 0:
+                w.add_scalar("val_loss", 1.0 - 0.01 * s, s)
+    w.close()
+    return load_run(d)
+
+
+def test_a_loops_tensorboard_log_beside_an_old_config_reads_its_lr_as_logged(tmp_path):
+    """A custom loop's SummaryWriter log beside a config.json of transformers 4.46.3 was read on that Trainer's lr
+    clock (its rates one step late, warmup_steps 5 of a 4-step warmup, and the contradictory notes 'the log is another
+    writer's' and 'transformers 4.46.3 ... logged the rate the next step uses'): only a log the Trainer wrote reads by
+    its transformers version; the Trainer's own TensorBoard log beside that config still does."""
+    loop = _tb_dir(tmp_path / "loop", "4.46.3", trainer=False)
+    assert any("another writer's" in n for n in loop.notes)
+    assert not any("one step later" in n for n in loop.notes)
+    assert loop.facts["warmup_steps"].value == 4
+    assert all("lr_next" not in p for p in loop.points)
+    samples = lr_samples(loop.points)
+    assert samples and [v for _, v in samples] == pytest.approx([_SCHED(s - 1) for s, _ in samples])
+    trainer = _tb_dir(tmp_path / "trainer", "4.46.3", trainer=True)
+    assert any("transformers 4.46.3" in n and "one step later" in n for n in trainer.notes)
+    assert trainer.facts["warmup_steps"].value == 4
+    samples = lr_samples(trainer.points)
+    assert samples and [v for _, v in samples] == pytest.approx([_SCHED(s - 1) for s, _ in samples])
