@@ -488,11 +488,11 @@ def history_point(step: int, examples_seen: int, n_train: int, t0: float, window
     """A history point's head (step, epoch, examples seen, wall seconds, lr) and the train/* keys of the steps
     since the last point (window_scores); the window is emptied. An evaluation adds its splits' keys. `lr`: the
     rate the point's step used (window["lr"]'s last, taken before its scheduler update; 0 at step 0), as the HF
-    Trainer logs `learning_rate` since transformers 4.51 (its _get_learning_rate before lr_scheduler.step(),
-    huggingface/transformers#36973; older ones logged the next step's rate, as records here did); records before
-    store.RECORD_VERSION 2 logged the rate after the update, the next step's (history_io.read_loratune_run reads them
-    as such); `lr_max`: the largest rate the window's steps used, since under a warmup or decay the last step's rate
-    understates the window's and a short run's peak lr (features.peak_lr) would read low."""
+    Trainer logs `learning_rate` since store.TRAINER_LR_CLOCK_SINCE (older ones logged the next step's rate, as
+    records here did: store.trainer_logs_next_lr); records before store.RECORD_VERSION 2 logged the rate after the
+    update, the next step's (history_io.read_loratune_run reads them as such); `lr_max`: the largest rate the
+    window's steps used, since under a warmup or decay the last step's rate understates the window's and a short
+    run's peak lr (features.peak_lr) would read low."""
     point = {"step": step, "epoch": examples_seen / max(1, n_train), "examples_seen": examples_seen,
              "wall_s": round(time.perf_counter() - t0, 3), "lr": window["lr"][-1] if window.get("lr") else 0.0}
     if window.get("lr"):
