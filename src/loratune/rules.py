@@ -593,16 +593,19 @@ _UNDERFIT_LOW = all_(c("train_loss_late_drop", "<", "plateau_late_drop_max"),
                      c("val_metric_best", "<", "underfit_metric_max"),
                      c("val_metric_gain_per_epoch_late", "<", "flat_per_epoch_max"))
 
+# the train loss pinned near ln(classes): a collapse's loss, one the model did not learn down from its first guess
+_LOSS_AT_CHANCE = c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance")
+
 # protocol 5b's collapse of a classifier: its predictions on one class, or its val metric frozen, with the loss pinned
 # near ln(classes): `collapsed` reads it at an lr inside the usual range, lr-too-large for a full fine-tune above its
-# own range (below its collapse_lr_min)
+# own range (below its collapse_lr_min) where the train loss too stayed near chance
 _ONE_CLASS = all_(c("classifier", ">=", "flag_on"), any_(
     # per-class numbers: one class takes most predictions with the loss pinned, and the val metric no longer climbing:
     # a metric still rising beyond its noise at the end is a model still leaving its first guess (a 12-step lr probe
     # at 1e-3: 0.028 -> 0.265, 51% of the predictions on one class, train loss 0.92 x ln 20), not predictions that
     # stopped changing
     all_(c("val_pred_top_share", ">=", "collapse_pred_share"),
-         c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
+         _LOSS_AT_CHANCE,
          c("still_improving", "<", "flag_on")),
     # without per-class numbers, the predictions frozen: the val metric repeating one value at most of more than a few
     # evals and never rising, the loss pinned: the train loss near ln(classes) and not falling at all, or the val loss
@@ -613,7 +616,7 @@ _ONE_CLASS = all_(c("classifier", ">=", "flag_on"), any_(
          c("n_eval_points", ">", "few_evals_max"),
          c("val_metric_repeat_share", ">", "collapse_repeat_share_max"),
          c("val_metric_gain", "<", "no_gain_max"),
-         any_(all_(c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
+         any_(all_(_LOSS_AT_CHANCE,
                    c("train_loss_final_over_start", ">=", "pinned_loss_ratio_min")),
               all_(c("val_loss_drop", "<", "pinned_val_drop_max"),
                    c("val_loss_rise_share", ">", "frozen_rise_share_min"))))),
@@ -817,8 +820,10 @@ _RULES = (
             # the predictions on one class, or its val metric frozen, with the loss pinned near ln(classes)), below
             # the collapse routes' collapse_lr_min (1e-3 for a full fine-tune): the collapse, read as one. Before the
             # stalled route below, whose reading ("stalled high, train and val both low") read a full fine-tune's
-            # collapse at 2e-4 (val accuracy at the majority share, loss at ln 4 throughout)
-            all_(_full_lr_at_high(required=True), _ONE_CLASS,
+            # collapse at 2e-4 (val accuracy at the majority share, loss at ln 4 throughout). The train loss pinned
+            # near chance too: one that learned (down to 0.4 x ln(classes)) beside a val metric frozen on one class
+            # is no lr too large, likelier the data or the val split's: `collapsed` reads it, with "check data"
+            all_(_full_lr_at_high(required=True), _ONE_CLASS, _LOSS_AT_CHANCE,
                  why="a full fine-tune at an lr above its usual range collapsed to one class"),
             all_(_full_lr_at_high(required=True),
                  _stalled("above a full fine-tune's usual range", c("val_loss_still_falling", "<", "flag_on")),

@@ -1236,3 +1236,22 @@ def test_a_full_fine_tunes_collapse_above_its_range_reads_as_a_collapse(lr):
                               val_f1=lambda f: 0.1 + 0.6 * f)
     d = verdict(_at_lr(learning, lr), {**META, "method": "full"})
     assert d.primary is None or "collapsed to one class" not in " ".join(d.primary.route)
+
+
+@pytest.mark.parametrize("lr", [1.5e-4, 2e-4, 5e-4])
+def test_a_full_fine_tune_whose_train_loss_learned_beside_a_frozen_val_reads_collapsed_with_check_data(lr):
+    """The full fine-tune collapse route above its lr range took a run whose train loss LEARNED (down to 0.4 x
+    ln(classes)) while its val metric stayed frozen on one class: lr-too-large, learning_rate /2 alone, and no
+    "check data". A train loss that fell 60% is no lr too large, likelier the data or the val split: it reads
+    `collapsed` (learning_rate /2 and check data) as before the route; a train loss pinned near chance still reads
+    the route's lr-too-large."""
+    L = s.lnk()
+    frozen_val = dict(val_loss=lambda f: L * (1 + 0.001 * math.sin(9 * f)), val_f1=lambda f: 0.1)
+    learned = verdict(_at_lr(s.make_history(train_loss=s.decay(L, 0.4 * L, 3), **frozen_val), lr),
+                      {**META, "method": "full"})
+    assert learned.verdict == "collapsed"
+    assert learned.primary.moves == ("learning_rate /2", "check data")
+    assert not any("collapsed to one class" in r for r in learned.primary.route)
+    pinned = verdict(_at_lr(s.make_history(train_loss=lambda f: L, **frozen_val), lr), {**META, "method": "full"})
+    assert pinned.verdict == "lr-too-large" and pinned.primary.moves == ("learning_rate /2",)
+    assert pinned.primary.route[0] == "a full fine-tune at an lr above its usual range collapsed to one class"
