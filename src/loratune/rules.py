@@ -685,7 +685,7 @@ _RULES = (
         id="lr-too-large", scope="curve", priority=90, knob_class="optimization", confidence=0.8,
         when=any_(
             all_(c("train_loss_peak_vs_chance", ">=", "collapse_peak_chance_ratio"),
-                 c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
+                 _LOSS_AT_CHANCE,
                  why="the train loss went far above ln(classes) and ended pinned near it: a collapse"),
             # a spike the run recovered from is read too: a loss thrown far above a uniform guess mid-run is an lr too
             # large (protocol 4), whatever the decaying schedule let it reach after (undertrained's lr x2 doubled
@@ -696,7 +696,7 @@ _RULES = (
                       c("val_metric_at_spike_drop_se", ">=", "drop_se_min")),
                  why="the train loss spiked mid-run far above ln(classes), a uniform guess: too large a step"),
             all_(c("peak_lr", ">=", "collapse_lr_min"),
-                 c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
+                 _LOSS_AT_CHANCE,
                  # ...with the predictions not learning (protocol 5b: a collapse is a loss pinned near ln(classes)
                  # WITH the predictions on one class): not a val metric that ended healthy_gain_min above its first
                  # eval, gained beyond its noise and held it, nor a val loss that fell beyond its noise, held it and
@@ -738,7 +738,7 @@ _RULES = (
                       # ended well above its low (a too-small lr's flat loss jitters about its level instead)
                       all_(c("val_metric_gain", "<", "no_gain_max"),
                            c("val_loss_rise", ">=", "val_loss_rise_min"))),
-                 c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
+                 _LOSS_AT_CHANCE,
                  any_(c("train_loss_max_rise", ">=", "collapse_loss_rise"),
                       c("val_loss_rise_share", ">=", "collapse_val_rise_share")),
                  why="collapsed to one class (or no metric gain beside a rising val loss), the loss pinned near "
