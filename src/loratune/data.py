@@ -1078,6 +1078,16 @@ def data_seed_record(dataset: Any, train_seed: int) -> dict:
     return {DATA_SEED: seed} if seed is not None and seed != train_seed else {}
 
 
+def label_count_record(dataset: Any) -> dict:
+    """run.json's per-class rows (label_counts: train and val, each label as the split's label_counts() counts it)
+    and the labels a val or test split carries that train has none of (unseen_labels: split -> label -> rows): what
+    show, report and diagnose (long-tail-collapse's tail/head ratio) read. A classifier's dataset and a generative-label
+    one (sft_data.SFTDataset, a completion its label) alike."""
+    return {"label_counts": {"train": dict(sorted(dataset.train.label_counts().items())),
+                             "val": dict(sorted(dataset.validation.label_counts().items()))},
+            "unseen_labels": {("val" if k == "validation" else k): v for k, v in dataset.unseen.items()}}
+
+
 # a tune study's meta: the training data its trials trained on ({rows, digest}: trained_on); tune --resume refuses
 # other training data (search/tune.py)
 TRAINED_ON = "trained_on"

@@ -57,7 +57,7 @@ from loratune import precision as precision_mod
 from loratune import signals
 from loratune.adapt import apply_adapter, count_params, num_layers, warm_start
 from loratune.config import RunConfig, to_dict, to_yaml
-from loratune.data import VALIDATED_ON, data_seed_record, validated_on
+from loratune.data import VALIDATED_ON, data_seed_record, label_count_record, validated_on
 from loratune.generation import PromptItem, load_prompt_set, score_prompt_set
 from loratune.heads import LM_HEAD_NAMES, transformers_model
 from loratune.metrics import parse_labels, prediction_scores, top_unknown_outputs
@@ -815,6 +815,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         "pid": os.getpid(), "threads": torch.get_num_threads(), "openmp": dict(openmp.CHOICE), "init_from": warm,
         "objective": objective,
         "label_format": "generate" if labels else None, "labels": list(labels) or None,
+        **(label_count_record(dataset) if labels else {}),  # per-class rows, as a classifier's (long-tail-collapse)
         "precision": precision_mod.record(precision, inputs_as_is, frozen_bf16), "dropout": dropout, "timing_s": timing,
         "config": to_dict(cfg), "versions": versions(), "record_version": RECORD_VERSION,
     }

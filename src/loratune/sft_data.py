@@ -26,6 +26,7 @@ file, the row, the columns found and the fix.
 
 from __future__ import annotations
 
+from collections import Counter
 import math
 import random
 from dataclasses import dataclass, field, replace
@@ -122,6 +123,10 @@ class SFTSplit:
     def subset(self, indices: list[int], name: str | None = None, source: str | None = None) -> "SFTSplit":
         return SFTSplit(name or self.name, tuple(self.examples[i] for i in indices), source or self.source)
 
+    def label_counts(self) -> Counter:
+        """Rows per completion: generative classification's per-class rows (a completion is its row's label)."""
+        return Counter(e.completion for e in self.examples)
+
 
 @dataclass(frozen=True)
 class SFTDataset:
@@ -134,6 +139,7 @@ class SFTDataset:
     prepared_from: DataConfig | None = field(default=None, compare=False, repr=False)  # as data.Dataset's
     prepared_seed: int | None = field(default=None, compare=False, repr=False)  # as data.Dataset's
     uncarved: dict[str, str | None] = field(default_factory=dict)  # as data.Dataset's; causal-lm's one class is ''
+    unseen: dict[str, dict[str, int]] = field(default_factory=dict)  # as data.Dataset's (generative classification)
 
     @property
     def generates_labels(self) -> bool:
@@ -437,7 +443,7 @@ def from_labelled(dataset: Dataset) -> SFTDataset:
                                           zip(split.texts, split.labels)), split.source)
 
     return SFTDataset(convert(dataset.train), convert(dataset.validation), convert(dataset.test), dataset.notes,
-                      dataset.label_space, uncarved=dataset.uncarved)
+                      dataset.label_space, uncarved=dataset.uncarved, unseen=dataset.unseen)
 
 
 def load_sft_dataset(cfg: DataConfig, seed: int = 42) -> SFTDataset:

@@ -39,8 +39,8 @@ from loratune import __version__, kernels, openmp, pooled_block, precision as pr
 from loratune import steps as _steps
 from loratune.adapt import apply_adapter, count_params, depth, num_layers, shared_blocks_note, warm_start
 from loratune.config import RunConfig, single_label_note, to_dict, to_yaml
-from loratune.data import (VALIDATED_ON, Dataset, LabelSpace, Split, data_seed_record, stratified_subset,
-                           validated_on)
+from loratune.data import (VALIDATED_ON, Dataset, LabelSpace, Split, data_seed_record, label_count_record,
+                           stratified_subset, validated_on)
 from loratune.errors import UserError, disk_full, finite_number
 from loratune.rng import rng_kept  # noqa: F401  (sft takes it from here too)
 from loratune.objectives import NOTHING_KEPT, Patience, keep_order, keeps, objective as objective_named
@@ -1036,9 +1036,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         "status": "running", "reason": None,
         "task": "multi_label" if space.multi_label else "single_label",
         "labels": list(space.labels),
-        "label_counts": {"train": dict(sorted(dataset.train.label_counts().items())),
-                         "val": dict(sorted(dataset.validation.label_counts().items()))},
-        "unseen_labels": {("val" if k == "validation" else k): v for k, v in dataset.unseen.items()},
+        **label_count_record(dataset),
         # single-label data: the multi-label knobs it set are said to be unused, not silently ignored
         # (a probe label that names no class: noted by api.prepare, and here for a dataset read otherwise, tune's)
         "data_notes": list(dataset.notes) + [n for n in [None if space.multi_label else single_label_note(cfg),

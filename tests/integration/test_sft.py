@@ -1154,3 +1154,38 @@ def test_references_longer_than_max_new_tokens_are_noted(lm, sft_data, tmp_path,
     assert note[0] in " ".join(capsys.readouterr().out.split())  # the dry run prints the plan's note
     long = load_config(overrides=sft_overrides(lm, sft_data, tmp_path / "run2", prompt_set=ps, max_new_tokens=64))
     assert not [n for n in api.plan(long)["notes"] if "max_new_tokens" in n]
+
+
+def test_a_generative_label_run_records_its_label_counts_and_a_long_tail_is_diagnosed(lm, tmp_path, capsys):
+    """A generated-label run recorded its labels but no label_counts (nor unseen_labels), as the classifier's run.json
+    has them: long-tail-collapse (the tail/head count ratio) could never fire and show's per-class table had no train
+    counts. Now recorded by the classifier's own helper (data.label_count_record)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    head, tail = ["balance", "card_lost"], ["pin", "transfer"]
+    write_jsonl(data / "train.jsonl", make_rows(20, seed=1, labels=head) + make_rows(2, seed=4, labels=tail))
+    write_jsonl(data / "validation.jsonl", make_rows(3, seed=2))
+    test = make_rows(1, seed=3)
+    for r in test[:2]:
+        r["label"] = "refund"
+    write_jsonl(data / "test.jsonl", test)
+    out = tmp_path / "run"
+    assert cli.main(["train", "-q", *sft_overrides(lm, data, out, label_format="generate", max_steps=1,
+                                                   eval_steps=1)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["label_counts"] == {"train": {"balance": 20, "card_lost": 20, "pin": 2, "transfer": 2},
+                                   "val": {"balance": 3, "card_lost": 3, "pin": 3, "transfer": 3}}
+    assert run["unseen_labels"] == {"test": {"refund": 2}}
+    # the recorded curve rewritten as a collapsed tail's (the tiny model learns nothing in one step)
+    hist = _history(out)
+    for p in hist:
+        p.update({f"val/recall/{c}": 1.0 for c in head} | {f"val/recall/{c}": 0.0 for c in tail})
+    (out / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in hist))
+    capsys.readouterr()
+    cli.main(["diagnose", "--json", str(out)])
+    diag = json.loads(capsys.readouterr().out)["runs"][0]
+    assert diag["features"]["values"]["tail_head_count_ratio"] == pytest.approx(10.0)  # the code before: null, no label_counts
+    assert "long-tail-collapse" in [f["rule_id"] for f in diag["findings"] if not f["suppressed_by"]]
+    assert cli.main(["show", str(out)]) == 0
+    table = [" ".join(x.split()) for x in capsys.readouterr().out.splitlines()]
+    assert any(x.startswith("pin 2 3 ") and x.endswith("tail") for x in table), table
