@@ -67,7 +67,7 @@ from loratune.models import load_causal_lm, load_tokenizer, resolve_model
 from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, SFTDataset, SFTEncoded, Turn, answer_prefix,
                                check_end_token, encode_prompts, encode_sft, encoding_notes, prompt_prefix,
                                stop_token_ids, LOSS_COVERS_KEY, EVERY_TURN)
-from loratune.store import RECORD_VERSION, RunStore, write_atomic
+from loratune.store import GENERATIONS, RECORD_VERSION, RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
 from loratune.train import (STEP0_SPLITS, BestModel, CardPick, RunProgress, TrainCallback, batch_order,
@@ -1083,10 +1083,11 @@ def save_lm(model, tokenizer, cfg: RunConfig, store: RunStore, state_dict: dict 
     and a README that says how to load it with plain peft + transformers. state_dict: the weights to write
     instead of the model's own (FSDP: the full state dict gathered on rank 0). adapter/ is replaced whole once the
     folder is complete (RunStore.replace_adapter, as train.save_model), naming `step`, the model's step."""
-    store.replace_adapter(step, lambda out: _write_lm(out, model, tokenizer, cfg, state_dict))
+    generations = (store.path / GENERATIONS).is_file()  # a prompt set's outputs, written from the first eval point on
+    store.replace_adapter(step, lambda out: _write_lm(out, model, tokenizer, cfg, state_dict, generations))
 
 
-def _write_lm(out: Path, model, tokenizer, cfg: RunConfig, state_dict: dict | None) -> None:
+def _write_lm(out: Path, model, tokenizer, cfg: RunConfig, state_dict: dict | None, generations: bool) -> None:
     from loratune.models import quiet_transformers
 
     with quiet_transformers(), warnings.catch_warnings():  # no progress bar per shard
@@ -1097,7 +1098,8 @@ def _write_lm(out: Path, model, tokenizer, cfg: RunConfig, state_dict: dict | No
         tokenizer.save_pretrained(out)
         gen = saved_generation_config(model, tokenizer, cfg)
         write_generation_config(out, gen)
-    write_atomic(out / "README.md", _card_for(tokenizer, cfg, hasattr(model, "peft_config"), base_eos=gen.eos_token_id))
+    write_atomic(out / "README.md", _card_for(tokenizer, cfg, hasattr(model, "peft_config"), base_eos=gen.eos_token_id,
+                                              generations=generations))
 
 
 def write_generation_config(out: Path, gen) -> None:
@@ -1125,37 +1127,43 @@ def saved_generation_config(model, tokenizer, cfg: RunConfig):
     return gen
 
 
-def _card_for(tokenizer, cfg: RunConfig, is_adapter: bool, pick: CardPick | None = None, base_eos=None) -> str:
+def _card_for(tokenizer, cfg: RunConfig, is_adapter: bool, pick: CardPick | None = None, base_eos=None,
+              generations: bool = False) -> str:
     """The model card of a saved model whose tokenizer is `tokenizer` (model_card, its prompt as the run wrote it);
-    `base_eos`: its generation config's eos_token_id (run_stop_ids)."""
+    `base_eos`: its generation config's eos_token_id (run_stop_ids); `generations`: the run wrote GENERATIONS."""
     renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
     prefix = tokenizer.convert_ids_to_tokens(prompt_prefix(tokenizer, renderer))
     stops = tokenizer.convert_ids_to_tokens(run_stop_ids(base_eos, tokenizer, stop_token_ids(tokenizer, renderer)))
-    return model_card(cfg, is_adapter, renderer.mode, prefix, pick, stops)
+    return model_card(cfg, is_adapter, renderer.mode, prefix, pick, stops, generations)
 
 
-def saved_model_card(folder: Path, cfg: RunConfig, pick: CardPick | None = None) -> str:
-    """The model card of the causal LM saved in `folder` (search.summary: a tune study's exported pick)."""
+def saved_model_card(folder: Path, cfg: RunConfig, pick: CardPick | None = None, record_dir: Path | None = None) -> str:
+    """The model card of the causal LM saved in `folder` (search.summary: a tune study's exported pick), whose run
+    record is in `record_dir` (the pick's trial directory; None: the folder's parent, a run's adapter/)."""
     from transformers import AutoTokenizer
 
     gen = folder / "generation_config.json"  # read as written (write_generation_config), no validation
     base_eos = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id") if gen.is_file() else None
+    generations = ((folder.parent if record_dir is None else record_dir) / GENERATIONS).is_file()
     return _card_for(AutoTokenizer.from_pretrained(folder), cfg, (folder / "adapter_config.json").is_file(), pick,
-                     base_eos)
+                     base_eos, generations)
 
 
-# where a causal LM's card says its run record is (train.card_record)
-LM_RECORD_FILES = ("curves, prompt-set outputs and the configuration",
-                   ("history.jsonl", "generations.jsonl", "run.json", "config.yaml"))
+# where a causal LM's card says its run record is (train.card_record): (what, files) with a prompt set's outputs
+# (GENERATIONS, written only when a prompt set ran) and without
+LM_RECORD_FILES = {True: ("curves, prompt-set outputs and the configuration",
+                          ("history.jsonl", GENERATIONS, "run.json", "config.yaml")),
+                   False: ("curves and the configuration", ("history.jsonl", "run.json", "config.yaml"))}
 
 
 def model_card(cfg: RunConfig, is_adapter: bool, mode: str = "chat", prefix: Collection[str] = (),
-               pick: CardPick | None = None, stops: Collection[str] = ()) -> str:
+               pick: CardPick | None = None, stops: Collection[str] = (), generations: bool = False) -> str:
     """What the folder holds and how to generate with plain peft + transformers, the prompt written as the run wrote
     it (`mode`: the Renderer's chat / plain / none) and tokenised as it was: `prefix`, the tokens the run put before
     every prompt (sft_data.prompt_prefix: BOS when the template writes none), then the prompt's own tokens. `pick`: the
     folder is a tune study's exported pick (train.card_record). `stops`: the tokens the run's generations stop at
-    (run_stop_ids), passed to generate as its eos_token_id (the base's generation config may list only one)."""
+    (run_stop_ids), passed to generate as its eos_token_id (the base's generation config may list only one).
+    `generations`: the run wrote a prompt set's outputs (GENERATIONS), which the card names only then."""
     a = cfg.adapter
     src = resolve_model(cfg.model)
     base = f'"{src.path}"' + (f', gguf_file="{src.gguf_file}"' if src.gguf_file else "")
@@ -1170,7 +1178,7 @@ def model_card(cfg: RunConfig, is_adapter: bool, mode: str = "chat", prefix: Col
             f"with the {mode} template (chat_template={cfg.data.chat_template}), max_length "
             f"{cfg.model.max_length}).\n\n"
             f"- base model: `{cfg.model.name_or_path}`\n"
-            + card_record(*LM_RECORD_FILES, pick) +
+            + card_record(*LM_RECORD_FILES[generations], pick) +
             "\n## Use\n\n```python\n"
             + ("import torch\n" if prefix else "")
             + ("from peft import PeftModel\n" if is_adapter else "")

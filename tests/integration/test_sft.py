@@ -1189,3 +1189,27 @@ def test_a_generative_label_run_records_its_label_counts_and_a_long_tail_is_diag
     assert cli.main(["show", str(out)]) == 0
     table = [" ".join(x.split()) for x in capsys.readouterr().out.splitlines()]
     assert any(x.startswith("pin 2 3 ") and x.endswith("tail") for x in table), table
+
+
+def test_the_adapter_card_names_generations_jsonl_only_when_a_prompt_set_wrote_it(lm, tmp_path):
+    """The card said prompt-set outputs were in ../generations.jsonl for every run, one with no prompt set (no such
+    file) too; it names the file only where the run (or a tune pick's trial) wrote it."""
+    from loratune.sft import saved_model_card
+    from loratune.train import CardPick
+
+    cfg = load_config(None, sft_overrides(lm, tmp_path, tmp_path / "run"))
+    model, _ = apply_adapter(load_causal_lm(cfg.model), cfg.adapter, task="causal-lm")
+    tok = load_tokenizer(cfg.model)
+    store = RunStore(tmp_path / "run")
+    save_lm(model, tok, cfg, store)
+    card = (store.adapter_dir / "README.md").read_text()
+    assert "- curves and the configuration: `../history.jsonl`, `../run.json`, `../config.yaml`\n" in card
+    assert "generations.jsonl" not in card and "prompt-set" not in card
+    (store.path / "generations.jsonl").write_text('{"step": 0}\n')
+    save_lm(model, tok, cfg, store)
+    card = (store.adapter_dir / "README.md").read_text()
+    assert ("- curves, prompt-set outputs and the configuration: `../history.jsonl`, `../generations.jsonl`, "
+            "`../run.json`, `../config.yaml`\n") in card
+    pick = CardPick(3, "t3", "STUDY_DIR/trials/3-t3")  # a tune pick's card names its trial's files
+    assert "`generations.jsonl`" in saved_model_card(store.adapter_dir, cfg, pick, record_dir=store.path)
+    assert "generations.jsonl" not in saved_model_card(store.adapter_dir, cfg, pick, record_dir=tmp_path / "none")

@@ -141,11 +141,14 @@ def _export_model(rec, adapter: Path, out: Path, final_dir: Path) -> None:
     pick = CardPick(rec.number, rec.spec.name, shown)
     try:
         cfg = load_config(run_dir / CONFIG, recorded=True)
-        if cfg.model.task == "causal-lm":
-            from loratune.sft import saved_model_card
+        if cfg.model.task == "causal-lm":  # its record (a prompt set's outputs or none) is the trial's
+            from loratune.sft import saved_model_card as lm_card
+
+            text = lm_card(out, cfg, pick, record_dir=run_dir)
         else:
             from loratune.train import saved_model_card
-        text = saved_model_card(out, cfg, pick)
+
+            text = saved_model_card(out, cfg, pick)
     except (UserError, OSError, KeyError, TypeError, ValueError):
         card.unlink()
         return
