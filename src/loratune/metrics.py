@@ -128,8 +128,10 @@ def per_class_scores(prefix: str, labels: tuple[str, ...], p: np.ndarray, r: np.
 
 
 def normalize_label(text: str) -> str:
-    """A generated text (or a label) as `parse_labels` compares it: its first line, lower-cased, whitespace runs
-    collapsed, trailing punctuation (.!:;,) stripped."""
+    """A generated text (or a label) as `parse_labels` compares it: its first line, NFC-normalised (label_form: a
+    generated 'cafe' + U+0301 is the label 'café'), lower-cased, whitespace runs collapsed, trailing punctuation
+    (.!:;,) stripped."""
+    text = label_form(text)
     first = text.strip().splitlines()[0] if text.strip() else ""
     return " ".join(first.lower().split()).rstrip(".!:;,").strip()
 

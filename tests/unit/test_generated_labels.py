@@ -44,3 +44,14 @@ def test_unknown_outputs_are_listed_most_frequent_first():
     outputs = ["card lost", "pin", "card lost", "hello"]
     pred = parse_labels(outputs, LABELS)
     assert top_unknown_outputs(outputs, pred) == [{"output": "card lost", "count": 2}, {"output": "hello", "count": 1}]
+
+
+def test_a_generated_label_in_another_unicode_form_names_the_label():
+    """A generation 'cafe' + U+0301 (decomposed) scored unknown against the label 'café' (composed), and was listed
+    among the unknown outputs looking the same as the label; both sides are compared in NFC (data.label_form)."""
+    decomposed, composed = "cafe\u0301", "caf\u00e9"
+    labels = (composed, "pin")
+    assert parse_labels([decomposed, decomposed.upper() + ".", "pin"], labels).tolist() == [0, 0, 1]
+    assert parse_labels([composed], (decomposed, "pin")).tolist() == [0]  # a label read from a saved run as written
+    outputs = [decomposed, "nope"]
+    assert top_unknown_outputs(outputs, parse_labels(outputs, labels)) == [{"output": "nope", "count": 1}]
