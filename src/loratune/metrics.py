@@ -127,19 +127,25 @@ def per_class_scores(prefix: str, labels: tuple[str, ...], p: np.ndarray, r: np.
     return out
 
 
+# the sentence punctuation a generated label (and the label itself) is read without at its end: 'Balance?' and
+# 'balance.' name the label balance, as does 'balance' the label 'balance?' (both sides are read the same way)
+LABEL_TRAILING_PUNCTUATION = ".!?,;:…。！？，；："
+
+
 def normalize_label(text: str) -> str:
     """A generated text (or a label) as `parse_labels` compares it: its first line, NFC-normalised (label_form: a
     generated 'cafe' + U+0301 is the label 'café'), lower-cased, whitespace runs collapsed, trailing punctuation
-    (.!:;,) stripped."""
+    (LABEL_TRAILING_PUNCTUATION, with any spaces between its marks) stripped."""
     text = label_form(text)
     first = text.strip().splitlines()[0] if text.strip() else ""
-    return " ".join(first.lower().split()).rstrip(".!:;,").strip()
+    return " ".join(first.lower().split()).rstrip(LABEL_TRAILING_PUNCTUATION + " ")
 
 
 def parse_labels(outputs: list[str], labels: tuple[str, ...]) -> np.ndarray:
     """Generated texts -> label indices (-1: no known label). A text names a label when its first line,
-    lower-cased with whitespace runs collapsed and trailing punctuation (.!:;,) stripped, equals the label
-    written the same way: `Card_Arrival.` is card_arrival; `card arrival` and `it is card_arrival` are not."""
+    lower-cased with whitespace runs collapsed and trailing punctuation (LABEL_TRAILING_PUNCTUATION) stripped, equals
+    the label written the same way (normalize_label): `Card_Arrival.` and `pin?` are card_arrival and pin; `card
+    arrival` and `it is card_arrival` are not."""
     index = {normalize_label(lab): i for i, lab in enumerate(labels)}
     return np.array([index.get(normalize_label(o), -1) for o in outputs], dtype=np.int64)
 
@@ -156,7 +162,7 @@ def generated_label_problems(labels: tuple[str, ...] | list[str]) -> list[str]:
     empty = [lab for lab in labels if lab not in multi_line and not normalize_label(lab)]
     if empty:
         problems.append(f"label(s) {', '.join(map(repr, empty))} are nothing once lower-cased and stripped of "
-                        "whitespace and trailing punctuation (.!:;,)")
+                        f"whitespace and trailing punctuation ({LABEL_TRAILING_PUNCTUATION})")
     same: dict[str, list[str]] = {}
     for lab in labels:
         if lab not in multi_line and lab not in empty:

@@ -40,7 +40,7 @@ from loratune.data import (CARVE_RULE, CARVED, SPLIT_NAMES, Dataset, LabelSpace,
                            check_characters, empty_text_problems, find_split_file, load_dataset, read_rows, said_causes,
                            text_key, uncarved_classes)
 from loratune.errors import UserError
-from loratune.metrics import generated_label_problems
+from loratune.metrics import LABEL_TRAILING_PUNCTUATION, generated_label_problems
 
 ROLES = ("system", "user", "assistant")
 # ShareGPT turns ({"from": "human", "value": "..."}): read as {role, content} (TRL's maybe_convert_to_chatml renames
@@ -431,7 +431,8 @@ def from_labelled(dataset: Dataset) -> SFTDataset:
     problems = generated_label_problems(dataset.label_space.labels)
     if problems:
         raise UserError("data.label_format=generate writes each label as text and reads it back (lower-cased, "
-                        "first line, trailing .!:;, stripped), so these labels cannot be told apart:\n"
+                        f"first line, trailing {LABEL_TRAILING_PUNCTUATION} stripped), so these labels cannot be told "
+                        "apart:\n"
                         + "\n".join(f"  - {p}" for p in problems),
                         "rename the labels in the data (one line each, distinct after lower-casing), or use "
                         "task=classification")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loratune.metrics import parse_labels, prediction_scores, single_label_scores, top_unknown_outputs
+from loratune.metrics import (generated_label_problems, parse_labels, prediction_scores, single_label_scores,
+                              top_unknown_outputs)
 
 LABELS = ("balance", "card_lost", "pin")
 
@@ -55,3 +56,19 @@ def test_a_generated_label_in_another_unicode_form_names_the_label():
     assert parse_labels([composed], (decomposed, "pin")).tolist() == [0]  # a label read from a saved run as written
     outputs = [decomposed, "nope"]
     assert top_unknown_outputs(outputs, parse_labels(outputs, labels)) == [{"output": "nope", "count": 1}]
+
+
+@pytest.mark.parametrize("output", ["balance?", "Balance ?", "balance?!", "balance…", "balance？", "balance. ?"])
+def test_a_generated_label_is_read_without_any_trailing_sentence_punctuation(output):
+    """The README says a generated label is read 'case and trailing punctuation aside', but only .!:;, were stripped:
+    'balance?' scored unknown. Every mark of metrics.LABEL_TRAILING_PUNCTUATION is stripped now."""
+    assert parse_labels([output], LABELS).tolist() == [0]
+
+
+def test_a_label_that_ends_in_punctuation_still_names_itself():
+    """The label and the output are read alike, so a label ending in '?' is matched with or without it."""
+    labels = ("is it open?", "pin")
+    assert parse_labels(["is it open?", "Is it open", "is it open?.", "pin?"], labels).tolist() == [0, 0, 0, 1]
+    assert generated_label_problems(labels) == []
+    assert generated_label_problems(("open", "open?")) == [
+        "labels 'open', 'open?' are the same text once normalised ('open'): a generated answer cannot tell them apart"]
