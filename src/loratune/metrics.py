@@ -128,8 +128,9 @@ def per_class_scores(prefix: str, labels: tuple[str, ...], p: np.ndarray, r: np.
 
 
 # the sentence punctuation a generated label (and the label itself) is read without at its end: 'Balance?' and
-# 'balance.' name the label balance, as does 'balance' the label 'balance?' (both sides are read the same way)
-LABEL_TRAILING_PUNCTUATION = ".!?,;:…。！？，；："
+# 'balance.' name the label balance, as does 'balance' the label 'balance?' (both sides are read the same way); the
+# full-width forms are the CJK ones (。！？，；：) and the half/full-width stops (｡ ．)
+LABEL_TRAILING_PUNCTUATION = ".!?,;:…。！？，；：｡．"
 
 
 def normalize_label(text: str) -> str:

@@ -72,3 +72,10 @@ def test_a_label_that_ends_in_punctuation_still_names_itself():
     assert generated_label_problems(labels) == []
     assert generated_label_problems(("open", "open?")) == [
         "labels 'open', 'open?' are the same text once normalised ('open'): a generated answer cannot tell them apart"]
+
+
+@pytest.mark.parametrize("out", ["balance．", "balance｡", "balance。"])
+def test_a_generated_label_ending_in_a_full_width_stop_names_the_label(out):
+    """README: trailing `.!?,;:…` 'and their full-width forms' are read aside; the full-width full stop (U+FF0E) and
+    the half-width ideographic stop (U+FF61) scored unknown (review of the punctuation fix)."""
+    assert parse_labels([out], ("balance", "pin")) == [0]
