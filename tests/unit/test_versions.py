@@ -1,0 +1,57 @@
+"""The transformers floor: defined once (versions.TRANSFORMERS_FLOOR, pyproject.toml's `transformers>=` agrees) and
+checked before any command, so a too-old transformers is exit 2 with the pip command, never a traceback mid-run
+(4.57.1: ImportError of modeling_bert's eager_attention_forward) or a message blaming the model folder (4.46.0)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from loratune import cli, versions
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _pyproject_floor(dist: str) -> str:
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    deps = text[text.index("dependencies = ["):text.index("]", text.index("dependencies = ["))]
+    found = re.findall(rf'"{dist}>=([\w.]+)"', deps)
+    assert len(found) == 1, f"pyproject.toml names {dist} with a floor once: {found}"
+    return found[0]
+
+
+def test_pyproject_floor_is_the_checked_floor():
+    assert _pyproject_floor("transformers") == versions.TRANSFORMERS_FLOOR
+
+
+@pytest.mark.parametrize("found", ["4.57.1", "4.46.0", "5.0.0"])
+def test_a_too_old_transformers_is_exit_2_naming_the_floor_and_the_install(monkeypatch, capsys, found):
+    monkeypatch.setattr(versions, "installed", lambda dist: {"transformers": found}[dist])
+    assert cli.main(["rules"]) == 2
+    err = capsys.readouterr().err
+    floor = versions.TRANSFORMERS_FLOOR
+    assert f"loratune needs transformers >= {floor} (found {found})" in err
+    assert f"fix: pip install -U 'transformers>={floor}'" in err
+    assert "Traceback" not in err
+
+
+def test_no_transformers_installed_is_exit_2(monkeypatch, capsys):
+    monkeypatch.setattr(versions, "installed", lambda dist: None)
+    assert cli.main(["rules"]) == 2
+    assert "(found none installed)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("found", ["5.1.0", "5.1.0.dev0", "5.23.0", "6.0"])
+def test_the_floor_and_newer_pass(monkeypatch, capsys, found):
+    monkeypatch.setattr(versions, "installed", lambda dist: found)
+    assert cli.main(["rules"]) == 0
+    assert "needs transformers" not in capsys.readouterr().err
+
+
+def test_release_numbers():
+    assert versions.release("5.1.0.dev0") == (5, 1, 0)
+    assert versions.release("4.57.1") == (4, 57, 1)
+    assert versions.release("5.1") == (5, 1, 0)
+    assert versions.release("5.10.0") > versions.release("5.9.9")
