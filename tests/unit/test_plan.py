@@ -867,3 +867,13 @@ def test_a_multimodal_config_is_planned_by_its_language_model(tmp_path):
     want = plan.plan_model(str(tmp_path / "text"), r=8, targets=("attn.q", "attn.v"))
     assert got.shape.model_type == "gemma3_text" and got.shape == want.shape and got.lora == want.lora
     assert got.lora.modules == 4  # q and v of 2 layers: the llama-like groups
+
+
+def test_plan_help_says_the_formulas_doc_is_in_the_repository(capsys):
+    """`plan --help` named docs/planning.md, a file a pip install does not have: it says where the doc lives."""
+    from loratune.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["plan", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Formulas: docs/planning.md in the loratune repository" in out

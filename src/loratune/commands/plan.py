@@ -11,7 +11,8 @@ def register(sub) -> None:
     p = sub.add_parser("plan", help="GPU memory and FLOPs of LoRA, QLoRA and full fine-tuning (no weights needed)",
                        description="Trainable parameters, memory (weights, gradients, optimizer states, activations) "
                                    "and training FLOPs per token of LoRA, QLoRA and full fine-tuning, and the rank "
-                                   "where LoRA stops paying. Formulas: docs/planning.md.")
+                                   "where LoRA stops paying. Formulas: docs/planning.md in the loratune "
+                                   "repository (not in the installed package).")
     p.add_argument("model", help=f"a preset ({', '.join(PRESETS)}), a config.json, a model folder, an embedded "
                                  "alias, or a hub id whose config is cached")
     p.add_argument("--r", type=int, default=DEFAULT_R, help=f"LoRA rank (default {DEFAULT_R})")
