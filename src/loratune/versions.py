@@ -5,6 +5,7 @@ or refused the model as if its folder were broken (4.46: from_pretrained takes n
 
 from __future__ import annotations
 
+import importlib.util
 import re
 
 from loratune.errors import UserError
@@ -29,9 +30,18 @@ def installed(dist: str) -> str | None:
         return None
 
 
+def importable(module: str) -> bool:
+    """Whether a top-level module can be imported (found on the path; it is not imported)."""
+    return importlib.util.find_spec(module) is not None
+
+
 def require_transformers() -> None:
-    """A UserError when the installed transformers is older than TRANSFORMERS_FLOOR (or none is installed)."""
+    """A UserError when the installed transformers is older than TRANSFORMERS_FLOOR (or none is installed). A
+    transformers importable without an installed distribution (a source checkout on PYTHONPATH, a bundled app) has
+    no version to read: it is let through."""
     found = installed("transformers")
+    if found is None and importable("transformers"):
+        return
     if found is None or release(found) < release(TRANSFORMERS_FLOOR):
         raise UserError(f"loratune needs transformers >= {TRANSFORMERS_FLOOR} (found {found or 'none installed'})",
                         f"pip install -U 'transformers>={TRANSFORMERS_FLOOR}'")

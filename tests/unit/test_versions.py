@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from loratune import cli, versions
+from loratune.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,12 +38,6 @@ def test_a_too_old_transformers_is_exit_2_naming_the_floor_and_the_install(monke
     assert "Traceback" not in err
 
 
-def test_no_transformers_installed_is_exit_2(monkeypatch, capsys):
-    monkeypatch.setattr(versions, "installed", lambda dist: None)
-    assert cli.main(["rules"]) == 2
-    assert "(found none installed)" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("found", ["5.1.0", "5.1.0.dev0", "5.23.0", "6.0"])
 def test_the_floor_and_newer_pass(monkeypatch, capsys, found):
     monkeypatch.setattr(versions, "installed", lambda dist: found)
@@ -55,3 +50,17 @@ def test_release_numbers():
     assert versions.release("4.57.1") == (4, 57, 1)
     assert versions.release("5.1") == (5, 1, 0)
     assert versions.release("5.10.0") > versions.release("5.9.9")
+
+
+def test_a_transformers_without_dist_info_is_let_through(monkeypatch):
+    # a source checkout on PYTHONPATH or a bundled app: importable, but no metadata to read a version from
+    monkeypatch.setattr(versions, "installed", lambda dist: None)
+    assert versions.importable("transformers")  # the real one, found without metadata being consulted
+    versions.require_transformers()  # no UserError: its version is unknown, not 'none installed'
+
+
+def test_no_transformers_at_all_is_still_refused(monkeypatch):
+    monkeypatch.setattr(versions, "installed", lambda dist: None)
+    monkeypatch.setattr(versions, "importable", lambda module: False)
+    with pytest.raises(UserError, match=r"\(found none installed\)"):
+        versions.require_transformers()
