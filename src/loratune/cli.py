@@ -125,9 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
     try:
-        from loratune.versions import require_transformers
-
-        require_transformers()  # an older transformers crashed mid-command with a traceback, or blamed the model
         with signals.sigterm_as_interrupt():  # SIGTERM ends a command like Ctrl-C (exit 143, not 130)
             return int(args.func(args) or 0)
     except UserError as exc:

