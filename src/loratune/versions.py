@@ -9,18 +9,12 @@ records and configs (diagnose, compare, rules, plan, show, params) runs on any t
 from __future__ import annotations
 
 import importlib.util
-import re
+
+from packaging.version import InvalidVersion, Version
 
 from loratune.errors import UserError
 
 TRANSFORMERS_FLOOR = "5.1"
-
-
-def release(version: str) -> tuple[int, ...]:
-    """The leading release numbers of a version string: '5.1.0.dev0' -> (5, 1, 0), '4.57.1' -> (4, 57, 1)."""
-    match = re.match(r"\d+(?:\.\d+)*", version.strip())
-    numbers = tuple(int(n) for n in match.group(0).split(".")) if match else ()
-    return numbers + (0,) * (3 - len(numbers))
 
 
 def installed(dist: str) -> str | None:
@@ -38,6 +32,16 @@ def importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def below_floor(found: str) -> bool:
+    """Whether a version is older than TRANSFORMERS_FLOOR by pip's rule (PEP 440, packaging's Version): 5.1.0.dev0
+    and 5.1.0rc1 come before 5.1, so `transformers>=5.1` does not take them either. A version PEP 440 cannot read is
+    not judged (False)."""
+    try:
+        return Version(found) < Version(TRANSFORMERS_FLOOR)
+    except InvalidVersion:
+        return False
+
+
 def require_transformers() -> None:
     """A UserError when the installed transformers is older than TRANSFORMERS_FLOOR (or none is installed). A
     transformers importable without an installed distribution (a source checkout on PYTHONPATH, a bundled app) has
@@ -45,6 +49,6 @@ def require_transformers() -> None:
     found = installed("transformers")
     if found is None and importable("transformers"):
         return
-    if found is None or release(found) < release(TRANSFORMERS_FLOOR):
+    if found is None or below_floor(found):
         raise UserError(f"loratune needs transformers >= {TRANSFORMERS_FLOOR} (found {found or 'none installed'})",
                         f"pip install -U 'transformers>={TRANSFORMERS_FLOOR}'")

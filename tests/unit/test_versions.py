@@ -28,7 +28,7 @@ def test_pyproject_floor_is_the_checked_floor():
     assert _pyproject_floor("transformers") == versions.TRANSFORMERS_FLOOR
 
 
-@pytest.mark.parametrize("found", ["4.57.1", "4.46.0", "5.0.0"])
+@pytest.mark.parametrize("found", ["4.57.1", "4.46.0", "5.0.0", "5.1.0.dev0", "5.1.0rc1", "5.1.0a2"])
 def test_a_too_old_transformers_is_refused_naming_the_floor_and_the_install(monkeypatch, found):
     monkeypatch.setattr(versions, "installed", lambda dist: {"transformers": found}[dist])
     with pytest.raises(UserError) as err:
@@ -38,17 +38,18 @@ def test_a_too_old_transformers_is_refused_naming_the_floor_and_the_install(monk
     assert err.value.fix == f"pip install -U 'transformers>={floor}'"
 
 
-@pytest.mark.parametrize("found", ["5.1.0", "5.1.0.dev0", "5.23.0", "6.0"])
+@pytest.mark.parametrize("found", ["5.1.0", "5.1", "5.1.1.dev0", "5.1.0.post1", "5.1.0+local", "5.23.0", "6.0",
+                                   "not-a-version"])
 def test_the_floor_and_newer_pass(monkeypatch, found):
     monkeypatch.setattr(versions, "installed", lambda dist: found)
     versions.require_transformers()
 
 
-def test_release_numbers():
-    assert versions.release("5.1.0.dev0") == (5, 1, 0)
-    assert versions.release("4.57.1") == (4, 57, 1)
-    assert versions.release("5.1") == (5, 1, 0)
-    assert versions.release("5.10.0") > versions.release("5.9.9")
+def test_the_comparison_is_pips():
+    # PEP 440: pre-releases and dev releases of 5.1 come before 5.1 (pip's `transformers>=5.1` skips them)
+    assert versions.below_floor("5.1.0.dev0") and versions.below_floor("5.1.0rc1")
+    assert not versions.below_floor("5.10.0") and versions.below_floor("5.0.99")
+    assert not versions.below_floor("5.1.0")
 
 
 def test_a_transformers_without_dist_info_is_let_through(monkeypatch):
