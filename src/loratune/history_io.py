@@ -51,6 +51,10 @@ class RunHistory:
     notes: tuple[str, ...] = ()
     path: str | None = None
     facts: Mapping[str, Fact] = field(default_factory=dict)  # name -> Fact (Trainer / TRL / TensorBoard runs)
+    # the train loss as logged (a Trainer / TRL / TensorBoard log's every logging_steps entry, in step order, each
+    # (step, loss), None where it was non-finite): the points hold only each eval window's mean, and a run that
+    # evaluated once has one train point of its 100 logs (the report's train curve is drawn from this)
+    train_log: tuple[tuple[float, float | None], ...] = ()
 
 
 def from_points(points: Sequence[dict], meta: Mapping[str, Any] | None = None,
@@ -1393,8 +1397,9 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     if adapter is None and not meta.get("method") and "peft_type" not in facts and not config.get("adapter"):
         _method_from_weights(folder, meta, facts)
     meta["facts"] = {k: {"value": f.value, "source": f.source} for k, f in facts.items()}
+    train_log = tuple((float(e["step"]), None if nan_filtered_loss(e) else _fin(e.get("loss"))) for e in train_logs)
     return RunHistory(name=name, source=source, points=tuple(points), meta=meta, config=config,
-                      notes=tuple(notes), path=path, facts=dict(facts))
+                      notes=tuple(notes), path=path, facts=dict(facts), train_log=train_log)
 
 
 def _log_points(train_logs: Sequence[dict], eval_logs: Sequence[dict], split_of: Mapping[str, str], val_prefix: str,

@@ -2005,3 +2005,116 @@ def test_a_study_whose_study_db_is_damaged_says_so_not_an_empty_study(tmp_path):
     said = [n for n in notes if "study.db could not be read" in n]
     assert len(said) == 1 and "not a database" in said[0] and "new --study-dir" in said[0]
     assert "\n" not in said[0] and "sqlalche.me" not in said[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves: non-finite points, off-scale spikes, the train loss as logged, tick labels (visual hunt)
+# ---------------------------------------------------------------------------------------------
+
+
+def write_trainer_state(d: Path, log: list, max_steps: int) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    state = {"log_history": log, "max_steps": max_steps, "global_step": log[-1]["step"], "epoch": 1.0,
+             "train_batch_size": 16, "logging_steps": 10}
+    (d / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")  # NaN / Infinity as json writes them
+    return d
+
+
+def loss_svg(report) -> str:
+    from loratune.report.render import curve_figure
+
+    return curve_figure(next(p for p in report.curves if p.id == "loss"))
+
+
+def svg_titles(svg: str, cls: str) -> list[str]:
+    return re.findall(rf'class="{cls}"[^>]*><title>([^<]*)</title>', svg)
+
+
+def x_ticks(svg: str) -> list[str]:
+    return re.findall(r'<text x="[\d.]+" y="[\d.]+" text-anchor="middle">([^<]*)</text>', svg)
+
+
+def test_a_diverged_runs_non_finite_losses_are_marked_and_break_the_line_over_the_whole_run(tmp_path):
+    """A diverged run's loss chart dropped its NaN / inf points without a mark: the curve just stopped (x to 300 while
+    the accuracy chart ran to 600), and a NaN between finite losses was bridged by the line (visual hunt). Each
+    non-finite step is marked at the top edge with its step, the line breaks there, and the x axis covers the run."""
+    log = []
+    for s in range(10, 601, 10):
+        loss = float("nan") if s in (250,) or s >= 320 else 2.0 * math.exp(-s / 200) + 0.4
+        log.append({"step": s, "epoch": s / 200, "loss": loss, "learning_rate": 5e-3})
+        if s % 100 == 0:
+            log.append({"step": s, "epoch": s / 200, "eval_loss": 1.5 if s < 300 else float("nan"),
+                        "eval_accuracy": 0.6 if s < 300 else 0.1})
+    report = build_report_of(write_trainer_state(tmp_path / "div", log, 600))
+    loss = {c.key: c for c in next(p for p in report.curves if p.id == "loss").curves}
+    assert loss["train/loss"].nonfinite == (250.0, *range(320, 601, 10))
+    assert [s for s, _ in loss["train/loss"].points][-2:] == [300.0, 310.0]
+    assert loss["val/loss"].nonfinite == (300.0, 400.0, 500.0, 600.0)
+    svg = loss_svg(report)
+    marks = svg_titles(svg, "nonfinite")
+    assert "train (running mean): non-finite (nan/inf) at optimizer step 250" in marks
+    assert "validation: non-finite (nan/inf) at optimizer step 600" in marks and len(marks) == 1 + 29 + 4
+    # the train line is cut at step 250: one path up to 240, another from 260
+    train = re.search(r'<g class="series s-train">(.*?)</g>', svg).group(1)
+    assert train.count('<path class="line"') == 2
+    assert "600" in x_ticks(svg)  # the x axis reaches the run's end, as the accuracy chart's does
+
+
+def test_one_loss_spike_is_drawn_off_scale_and_sets_no_axis(tmp_path):
+    """One train loss of 850 among values of 1-2 set the loss chart's y axis (0-900) and drew every other point flat
+    (visual hunt). charts.OFFSCALE_RATIO: the spike is drawn at the top edge, marked, its value in its tooltip, and
+    the axis is the other points'."""
+    from loratune.report import charts as ch
+
+    log = []
+    for s in range(10, 1001, 10):
+        log.append({"step": s, "epoch": s / 500, "loss": 850.0 if s == 500 else 2.0 * math.exp(-s / 200) + 0.4,
+                    "learning_rate": 1e-4})
+        if s % 100 == 0:
+            log.append({"step": s, "epoch": s / 500, "eval_loss": 1.8 * math.exp(-s / 250) + 0.5,
+                        "eval_accuracy": 0.7})
+    svg = loss_svg(build_report_of(write_trainer_state(tmp_path / "spike", log, 1000)))
+    off = svg_titles(svg, "offscale")
+    assert len(off) == 1 and off[0].startswith("train (running mean): off-scale 850 at optimizer step 500")
+    y_ticks = [float(t) for t in re.findall(r'text-anchor="end">([\d.]+)</text>', svg)]
+    assert max(y_ticks) < 3  # the axis is the learning curve's (2.3 down to 0.4), not the spike's
+    assert ch.offscale_top([ch.Series("a", "s", [(0, 2.0), (1, 850.0)])]) == ch.OFFSCALE_RATIO * 2.0
+    assert ch.offscale_top([ch.Series("a", "s", [(0, -1.0), (1, 850.0)])]) is None  # not a loss: no rule
+    # the accuracy and lr charts keep every point on scale
+    assert "offscale" not in ch.line_chart([ch.Series("lr", "s-lr", [(0, 1e-6), (10, 1e-4)])])
+
+
+def test_a_run_that_evaluated_once_draws_its_logged_train_loss_over_its_steps(tmp_path):
+    """A run with one eval (at the end) drew near-empty charts on a made-up 980-1,020 x range with the right tick
+    cut, and its 100 logged train losses never (the train curve held only eval-aligned window means) (visual hunt).
+    The train curve is the train loss as logged, the x axis the run's steps from 0, every tick label inside."""
+    log = [{"step": s, "epoch": s / 500, "loss": 2.0 * math.exp(-s / 200) + 0.4, "learning_rate": 1e-4}
+           for s in range(10, 1001, 10)]
+    log.append({"step": 1000, "epoch": 2.0, "eval_loss": 0.61, "eval_accuracy": 0.83})
+    log.append({"step": 1000, "epoch": 2.0, "train_runtime": 100.0, "train_loss": 0.7})
+    report = build_report_of(write_trainer_state(tmp_path / "evalend", log, 1000))
+    train = next(c for c in report.curves[0].curves if c.key == "train/loss")
+    assert len(train.points) == 100 and train.points[0] == (10.0, pytest.approx(2.0 * math.exp(-0.05) + 0.4))
+    assert train.logged
+    svg = loss_svg(report)
+    assert x_ticks(svg)[:2] == ["0", "200"] and x_ticks(svg)[-1] == "1,000"
+    width = float(re.search(r'viewBox="0 0 (\d+)', svg).group(1))
+    for x, text in re.findall(r'<text x="([\d.]+)" y="[\d.]+" text-anchor="middle">([^<]*)</text>', svg):
+        assert 0 <= float(x) - len(text) * 3.1 and float(x) + len(text) * 3.1 <= width
+    # the logged curve is a line (its points are no eval points); the one eval point keeps its marker
+    assert svg.count('class="dot"') == 1
+
+
+def test_no_two_ticks_of_an_axis_share_a_label():
+    """The study's peak-memory chart labelled the ticks 0, 0.5, 1 as 0, 0, 1 ({v:,.0f}) (visual hunt): the shared
+    tick formatter gives them the decimals their step needs."""
+    from loratune.report import charts as ch
+
+    assert ch.tick_texts([0, 0.5, 1], lambda v: f"{v:,.0f}") == ["0.0", "0.5", "1.0"]
+    assert ch.tick_texts([0, 2.5, 5], lambda v: f"{v:,.0f}") == ["0.0", "2.5", "5.0"]  # 2.5 never read as 2
+    assert ch.tick_texts([0, 500, 1000], lambda v: f"{v:,.0f}") == ["0", "500", "1,000"]
+    assert ch.tick_texts([10000, 20000], ch.fmt) == ["10k", "20k"]
+    bars = [ch.Bar("lora", 0.9, "s-c0", "lora"), ch.Bar("full", 1.1, "s-c2", "full")]
+    svg = ch.column_chart(bars, y_fmt=lambda v: f"{v:,.0f}")
+    labels = re.findall(r'text-anchor="end">([^<]*)</text>', svg)
+    assert len(labels) == len(set(labels)) >= 3

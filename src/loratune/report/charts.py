@@ -50,6 +50,30 @@ def fmt_sci(v: float) -> str:
     return f"{mantissa}e{int(exp)}"
 
 
+def tick_texts(ticks: Sequence[float], f: Callable[[float], str]) -> list[str]:
+    """An axis's tick labels by `f`, unless two read the same or one reads another number (0, 0.5, 1 as "{:,.0f}"
+    read 0, 0, 1; 2.5 read 2): then every tick with the decimals its step needs (0.0, 0.5, 1.0; 0.00, 0.25, 0.50), so
+    no two ticks of one axis share a label and none misreads its value."""
+    texts = [f(t) for t in ticks]
+    steps = [abs(b - a) for a, b in zip(ticks, ticks[1:]) if b != a]
+    if not steps:
+        return texts
+    step = min(steps)
+
+    def misread(text: str, t: float) -> bool:
+        try:
+            return abs(float(text.replace(",", "")) - t) > step * 1e-3
+        except ValueError:  # a compact or scientific label (12k, 3e-4): its own precision
+            return False
+
+    if len(set(texts)) == len(texts) and not any(misread(x, t) for x, t in zip(texts, ticks)):
+        return texts
+    dec = max(0, -math.floor(math.log10(step) + 1e-9))
+    while dec < 12 and abs(round(step, dec) - step) > step * 1e-6:  # 2.5 x 10^k needs one decimal more
+        dec += 1
+    return [f"{t:,.{dec}f}" for t in ticks]
+
+
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     if hi <= lo:
         hi = lo + (abs(lo) or 1.0)
@@ -75,6 +99,11 @@ def log_ticks(lo: float, hi: float) -> list[float]:
     if len(out) > 8:
         out = [v for v in out if f"{v:e}".startswith("1")]
     return out or [lo, hi]
+
+
+def text_width(text: str, px: float = 6.2) -> float:
+    """About how wide an axis label is drawn (11 px system sans: ~6.2 px a character)."""
+    return len(text) * px
 
 
 @dataclass
@@ -125,6 +154,9 @@ class Series:
     markers: bool = True
     step: bool = False  # draw as a step function (best-so-far)
     titles: Sequence[str] | None = None  # hover text per point
+    # steps where the series was logged non-finite (NaN / inf, a run record's null): the line breaks there and a
+    # marker at the chart's top edge says so (dropping them drew a diverged run's curve as if it had just stopped)
+    nonfinite: Sequence[float] = ()
 
 
 @dataclass
@@ -182,18 +214,18 @@ def _frame(width, height, xs, ys, *, x_lo=None, x_hi=None, y_lo=None, y_hi=None,
 def _axes(f: Frame, x_label: str, y_label: str, x_fmt: Callable[[float], str] = fmt,
           y_fmt: Callable[[float], str] = fmt, x_ticks: Sequence[float] | None = None) -> str:
     out = ['<g class="axis">']
-    for t in f.y.ticks(5):
-        if not (min(f.y.lo, f.y.hi) - 1e-12 <= t <= max(f.y.lo, f.y.hi) + 1e-12):
-            continue
+    yt = [t for t in f.y.ticks(5) if min(f.y.lo, f.y.hi) - 1e-12 <= t <= max(f.y.lo, f.y.hi) + 1e-12]
+    for t, text in zip(yt, tick_texts(yt, y_fmt)):
         y = f.y(t)
         out.append(f'<line class="grid" x1="{f.left:.1f}" x2="{f.right:.1f}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        out.append(f'<text x="{f.left - 6:.1f}" y="{y + 3.5:.1f}" text-anchor="end">{esc(y_fmt(t))}</text>')
-    for t in (x_ticks if x_ticks is not None else f.x.ticks(6)):
-        if not (f.x.lo - 1e-12 <= t <= f.x.hi + 1e-12):
-            continue
+        out.append(f'<text x="{f.left - 6:.1f}" y="{y + 3.5:.1f}" text-anchor="end">{esc(text)}</text>')
+    xt = [t for t in (x_ticks if x_ticks is not None else f.x.ticks(6)) if f.x.lo - 1e-12 <= t <= f.x.hi + 1e-12]
+    for t, text in zip(xt, tick_texts(xt, x_fmt)):
         x = f.x(t)
+        # the label stays inside the svg (a tick at the right edge had its "1,020" cut in half)
+        tx = min(max(x, text_width(text) / 2 + 2), f.width - text_width(text) / 2 - 2)
         out.append(f'<line class="tick" x1="{x:.1f}" x2="{x:.1f}" y1="{f.bottom:.1f}" y2="{f.bottom + 4:.1f}"/>')
-        out.append(f'<text x="{x:.1f}" y="{f.bottom + 16:.1f}" text-anchor="middle">{esc(x_fmt(t))}</text>')
+        out.append(f'<text x="{tx:.1f}" y="{f.bottom + 16:.1f}" text-anchor="middle">{esc(text)}</text>')
     out.append(f'<line class="base" x1="{f.left:.1f}" x2="{f.right:.1f}" y1="{f.bottom:.1f}" y2="{f.bottom:.1f}"/>')
     out.append(f'<text class="label" x="{(f.left + f.right) / 2:.1f}" y="{f.height - 4:.1f}" '
                f'text-anchor="middle">{esc(x_label)}</text>')
@@ -238,27 +270,74 @@ def _path(coords: Sequence[tuple[float, float]], step: bool = False) -> str:
     return "M" + "L".join(f"{x:.1f},{y:.1f}" for x, y in coords)
 
 
+# A value more than OFFSCALE_RATIO x the largest first value of a chart's curves is off-scale: a loss starts near
+# its highest (a cross-entropy near ln K) and falls, so 10x its start is a spike or a divergence, not learning. Such a
+# point is drawn at the top edge with an off-scale marker and its value in the tooltip, and sets no axis: one loss of
+# 850 among values of 1-2 (or a diverged run's 1.2e6) drew every other point flat on the 0 gridline.
+OFFSCALE_RATIO = 10.0
+
+
+def offscale_top(series: Sequence[Series]) -> float | None:
+    """The largest value a chart of `series` keeps on its scale (OFFSCALE_RATIO x the largest first finite value of
+    a series); None when the rule does not apply (no positive start, or a negative value: not a loss)."""
+    finite = [[y for _, y in s.points if y is not None and math.isfinite(y)] for s in series]
+    firsts = [ys[0] for ys in finite if ys]
+    if not firsts or min(min(ys) for ys in finite if ys) < 0 or max(firsts) <= 0:
+        return None
+    return OFFSCALE_RATIO * max(firsts)
+
+
+def _segments(pts: Sequence[tuple[float, float]], breaks: Sequence[float]) -> list[list[tuple[float, float]]]:
+    """`pts` (x order) cut wherever a break step lies between two of them (or on one): a line is never drawn across
+    a non-finite value."""
+    out: list[list[tuple[float, float]]] = []
+    prev = None
+    for x, y in pts:
+        if prev is None or any(prev < b <= x for b in breaks) or x in breaks:
+            out.append([])
+        out[-1].append((x, y))
+        prev = x
+    return out
+
+
 def line_chart(series: Sequence[Series], *, width: int = 560, height: int = 280, x_label: str = "step",
                y_label: str = "", y_lo: float | None = None, y_hi: float | None = None, x_lo: float | None = None,
                x_hi: float | None = None, log_x: bool = False, log_y: bool = False,
                vlines: Sequence[VLine] = (), bands: Sequence[Band] = (), aria: str = "line chart",
-               x_fmt: Callable[[float], str] = fmt, y_fmt: Callable[[float], str] = fmt) -> str:
-    xs = [x for s in series for x, _ in s.points] + [v.x for v in vlines]
-    ys = [y for s in series for _, y in s.points] + [v for b in bands if not b.vertical for v in (b.lo, b.hi)]
+               x_fmt: Callable[[float], str] = fmt, y_fmt: Callable[[float], str] = fmt,
+               offscale: bool = False) -> str:
+    """`offscale`: values beyond offscale_top (OFFSCALE_RATIO) set no axis and are drawn at the top edge, marked.
+    Each series' non-finite steps (Series.nonfinite) are marked at the top edge and break its line."""
+    top = offscale_top(series) if offscale and y_hi is None and not log_y else None
+    xs = [x for s in series for x, _ in s.points] + [x for s in series for x in s.nonfinite] + [v.x for v in vlines]
+    ys = ([y for s in series for _, y in s.points if top is None or y is None or y <= top]
+          + [v for b in bands if not b.vertical for v in (b.lo, b.hi)])
     f = _frame(width, height, xs, ys, x_lo=x_lo, x_hi=x_hi, y_lo=y_lo, y_hi=y_hi, log_x=log_x, log_y=log_y)
     body = [_axes(f, x_label, y_label, x_fmt, y_fmt), _marks(f, vlines, bands)]
+    y_top = max(f.y.lo, f.y.hi)
     for s in series:
         pts = [(x, y) for x, y in s.points if y is not None and math.isfinite(y) and (not log_x or x > 0)]
-        if not pts:
+        bad = [x for x in s.nonfinite if not log_x or x > 0]
+        if not pts and not bad:
             continue
-        coords = [(f.x(x), f.y(y)) for x, y in pts]
-        d = _path(coords, s.step)
+        coords = [(f.x(x), f.y(min(y, y_top) if top is not None else y)) for x, y in pts]
         dash = ' stroke-dasharray="5 4"' if s.dashed else ""
-        body.append(f'<g class="series {esc(s.cls)}"><path class="line" d="{d}"{dash}/>')
-        if s.markers:
-            for k, ((x, y), (px, py)) in enumerate(zip(pts, coords)):
+        body.append(f'<g class="series {esc(s.cls)}">')
+        at = dict(zip(pts, coords))
+        for seg in _segments(pts, bad):
+            body.append(f'<path class="line" d="{_path([at[p] for p in seg], s.step)}"{dash}/>')
+        for k, ((x, y), (px, py)) in enumerate(zip(pts, coords)):
+            if top is not None and y > y_top:  # off-scale: at the top edge, an up-triangle, the value in the tooltip
+                tip = f"{s.label}: off-scale {fmt(y, 4)} at {x_label} {x_fmt(x)} (axis top {fmt(y_top, 4)})"
+                body.append(f'<path class="offscale" d="M{px:.1f},{py - 1:.1f}l-5,8h10z"><title>{esc(tip)}</title></path>')
+            elif s.markers:
                 tip = s.titles[k] if s.titles and k < len(s.titles) else f"{s.label}: {x_label} {x_fmt(x)}, {fmt(y, 4)}"
                 body.append(f'<circle class="dot" cx="{px:.1f}" cy="{py:.1f}" r="3"><title>{esc(tip)}</title></circle>')
+        for x in bad:  # non-finite: a cross at the top edge
+            px, py = f.x(x), f.top + 4
+            tip = f"{s.label}: non-finite (nan/inf) at {x_label} {x_fmt(x)}"
+            body.append(f'<path class="nonfinite" d="M{px - 4:.1f},{py - 4:.1f}l8,8m0,-8l-8,8">'
+                        f'<title>{esc(tip)}</title></path>')
         body.append("</g>")
     return _svg(f, "".join(body), aria)
 
@@ -322,11 +401,11 @@ def column_chart(bars: Sequence[Bar], *, height: int = 220, width: int | None = 
     f = Frame(w, int(height + bottom_pad), Scale(0, n, PAD["l"], w - PAD["r"]),
               Scale(lo, hi, height - 10, PAD["t"]))
     out = ['<g class="axis">']
-    for t in nice_ticks(lo, hi, 4):
-        if lo - 1e-12 <= t <= hi + 1e-12:
-            y = f.y(t)
-            out.append(f'<line class="grid" x1="{f.left}" x2="{f.right}" y1="{y:.1f}" y2="{y:.1f}"/>'
-                       f'<text x="{f.left - 6}" y="{y + 3.5:.1f}" text-anchor="end">{esc(y_fmt(t))}</text>')
+    yt = [t for t in nice_ticks(lo, hi, 4) if lo - 1e-12 <= t <= hi + 1e-12]
+    for t, text in zip(yt, tick_texts(yt, y_fmt)):
+        y = f.y(t)
+        out.append(f'<line class="grid" x1="{f.left}" x2="{f.right}" y1="{y:.1f}" y2="{y:.1f}"/>'
+                   f'<text x="{f.left - 6}" y="{y + 3.5:.1f}" text-anchor="end">{esc(text)}</text>')
     cy = (PAD["t"] + height - 10) / 2
     out.append(f'<text class="label" x="12" y="{cy:.1f}" text-anchor="middle" '
                f'transform="rotate(-90 12 {cy:.1f})">{esc(y_label)}</text></g>')
@@ -371,10 +450,11 @@ def hbar_chart(bars: Sequence[Bar], *, width: int = 560, row: int = 26, x_label:
     lo, hi = lo - span * 0.08, hi + span * 0.08
     f = Frame(width, height, Scale(lo, hi, label_width, width - PAD["r"]), Scale(0, n, PAD["t"], PAD["t"] + n * row))
     out = ['<g class="axis">']
-    for t in nice_ticks(lo, hi, 5):
+    xt = nice_ticks(lo, hi, 5)
+    for t, text in zip(xt, tick_texts(xt, x_fmt)):
         x = f.x.__call__(t)
         out.append(f'<line class="grid" x1="{x:.1f}" x2="{x:.1f}" y1="{PAD["t"]}" y2="{PAD["t"] + n * row}"/>'
-                   f'<text x="{x:.1f}" y="{PAD["t"] + n * row + 14}" text-anchor="middle">{esc(x_fmt(t))}</text>')
+                   f'<text x="{x:.1f}" y="{PAD["t"] + n * row + 14}" text-anchor="middle">{esc(text)}</text>')
     out.append(f'<text class="label" x="{(label_width + width) / 2:.1f}" y="{height - 4}" '
                f'text-anchor="middle">{esc(x_label)}</text></g>')
     if band:

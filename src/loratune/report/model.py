@@ -41,6 +41,8 @@ class Curve:
     label: str  # legend text
     role: str  # train | train_eval | val | lr: picks the colour, the same in every chart
     points: tuple[tuple[float, float], ...]
+    nonfinite: tuple[float, ...] = ()  # steps where the key was logged NaN / inf (null in a run record)
+    logged: bool = False  # drawn from every train log (RunHistory.train_log), not from the eval points
 
 
 @dataclass(frozen=True)
@@ -418,20 +420,46 @@ def _median(xs: Sequence[float]) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_curves(points: Sequence[dict], metric: str, best_step: float | None = None) -> tuple[CurvePanel, ...]:
-    """Loss, metric and learning-rate panels; each series keeps only the eval points that have the key.
-    `best_step` marks the saved model (default: the best `metric` point)."""
+def _nonfinite(v: Any) -> bool:
+    """A logged value that is NaN / inf (or null: the run-record convention for a non-finite number)."""
+    if v is None:
+        return True
+    if isinstance(v, bool):
+        return False
+    try:
+        return not math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
 
-    def series(key: str) -> tuple[tuple[float, float], ...]:
-        out = []
-        for p in points:
-            s, v = as_float(p.get("step")), as_float(p.get(key))
-            if s is not None and v is not None:
+
+def build_curves(points: Sequence[dict], metric: str, best_step: float | None = None,
+                 train_loss: Sequence[tuple[float, float | None]] = ()) -> tuple[CurvePanel, ...]:
+    """Loss, metric and learning-rate panels; each series keeps the eval points that have the key (a point that has
+    it non-finite: Curve.nonfinite). `best_step` marks the saved model (default: the best `metric` point).
+    `train_loss`: the train loss as logged, (step, loss or None when non-finite) per train log (a Trainer's or
+    TensorBoard's logging_steps, RunHistory.train_log): the train curve is drawn from it, not from the eval points'
+    window means (a run that evaluated once drew one train point of 100 logged)."""
+
+    def series(key: str) -> tuple[tuple[tuple[float, float], ...], tuple[float, ...]]:
+        if key == "train/loss" and train_loss:
+            rows = [(as_float(s), v) for s, v in train_loss]
+        else:
+            rows = [(as_float(p.get("step")), p.get(key)) for p in points if key in p]
+        out, bad = [], []
+        for s, raw in rows:
+            if s is None:
+                continue
+            v = as_float(raw)
+            if v is not None:
                 out.append((s, v))
-        return tuple(sorted(out, key=lambda sv: sv[0]))  # step order; a repeated step keeps its file order
+            elif _nonfinite(raw):
+                bad.append(s)
+        # step order; a repeated step keeps its file order
+        return tuple(sorted(out, key=lambda sv: sv[0])), tuple(sorted(set(bad)))
 
     def curves(specs) -> tuple[Curve, ...]:
-        return tuple(Curve(k, lab, role, pts) for k, lab, role in specs if (pts := series(k)))
+        return tuple(Curve(k, lab, role, *sb, logged=k == "train/loss" and bool(train_loss))
+                     for k, lab, role in specs if any(sb := series(k)))
 
     m = metric.split("/", 1)[1] if "/" in metric else metric
     mname = m.replace("_", " ")
@@ -1074,7 +1102,7 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
         start_metric=as_float(points[0].get(metric)) if points else None,
         steps_done=_int(h.meta.get("steps_done")), steps_planned=_int(h.meta.get("steps_planned")),
         examples_seen=None, wall_s=None, params_share=None,
-        curves=build_curves(points, metric),
+        curves=build_curves(points, metric, train_loss=h.train_log),
         diagnosis=build_diagnosis(h, thresholds) if points else DiagnosisView(  # the history read above
             "inconclusive", "", (), (), (), (), (), error="no eval points to diagnose"),
         classes=empty_classes, confusion=ConfusionView(**empty_conf, missing=no_classes), pairs=(),

@@ -35,8 +35,9 @@ def curve_figure(panel: CurvePanel, *, width: int = 540, height: int = 270, epoc
     items = []
     for c in panel.curves:
         cls, kind = ROLE_STYLE.get(c.role, ("neutral", "line"))
+        # markers on eval points; the train loss as logged (every logging step) and the lr are lines
         series.append(ch.Series(c.label, f"s-{cls}", c.points, dashed=kind == "dash",
-                                markers=c.role != "lr"))
+                                markers=c.role != "lr" and not c.logged, nonfinite=c.nonfinite))
         items.append((cls, c.label, kind))
     vlines = []
     if panel.best_step is not None and panel.id != "lr":
@@ -45,9 +46,11 @@ def curve_figure(panel: CurvePanel, *, width: int = 540, height: int = 270, epoc
                       "best val step (saved model)" if saved else "best val step", "mark"))
     y_lo = 0.0 if panel.id in ("metric", "prompts", "lr") else None
     y_hi = 1.0 if panel.id in ("metric", "prompts") else None
+    # x from step 0: the run's steps (one eval at step 1,000 drew a made-up 980-1,020 range); the loss axis is set by
+    # the in-scale values (charts.OFFSCALE_RATIO: a spike or a divergence is marked at the top edge)
     svg = ch.line_chart(series, width=width, height=height, x_label="optimizer step", y_label=panel.y_label,
-                        y_lo=y_lo, y_hi=y_hi, vlines=vlines, aria=panel.title,
-                        y_fmt=ch.fmt_sci if panel.id == "lr" else ch.fmt)
+                        y_lo=y_lo, y_hi=y_hi, x_lo=0.0, vlines=vlines, aria=panel.title,
+                        y_fmt=ch.fmt_sci if panel.id == "lr" else ch.fmt, offscale=panel.id == "loss")
     return (f'<figure data-chart="{esc(panel.id)}"><figcaption>{esc(panel.title)}'
             f'{" <span class=sub>" + esc(epoch_note) + "</span>" if epoch_note else ""}</figcaption>'
             f'{legend(items)}{svg}</figure>')
