@@ -2118,3 +2118,28 @@ def test_no_two_ticks_of_an_axis_share_a_label():
     svg = ch.column_chart(bars, y_fmt=lambda v: f"{v:,.0f}")
     labels = re.findall(r'text-anchor="end">([^<]*)</text>', svg)
     assert len(labels) == len(set(labels)) >= 3
+
+
+def test_a_one_rank_studys_chart_marks_the_tables_best_trial_not_the_lone_sweep_point(tmp_path):
+    """One rank in the study: the 'best per rank' line was one point (a path that draws nothing), so the only dot in
+    its colour was the lone in-sweep trial #0 at 0.225 while the table said the best at r=8 is 0.311, trial #3
+    (visual hunt). Without a sweep of 2+ points the best of each rank is drawn, ringed, in the line's colour."""
+    from loratune.report.render_study import rank_section
+    from loratune.report.study import build_study_report
+
+    d = tmp_path / "study"
+    (d / "final").mkdir(parents=True)
+    vals = ((0, "phase1-lr-grid", 0.225), (1, "phase1-lr-grid", 0.171), (3, "seeds", 0.311), (4, "seeds", 0.115))
+    trials = [{"trial": n, "name": f"t{n}", "phase": ph, "status": "completed", "objective": "val/macro_f1",
+               "objective_value": v, "examples": 100, "wall_s": 1.0, "point": {R: 8, LR: 1e-3}} for n, ph, v in vals]
+    summary = {"objective": "val/macro_f1", "strategy": "protocol", "trials": trials,
+               "rank_vs_metric": {"trials": [{"r": 8, "value": v, "trial": n, "phase": ph} for n, ph, v in vals],
+                                  "sweep": [{"trial": 0, "r": 8}]}}
+    (d / "final" / "study.json").write_text(json.dumps(summary))
+    s = build_study_report(d)
+    assert [p.trial for p in s.rank.points if p.in_sweep] == [0]
+    html = rank_section(s, {"phase1-lr-grid": "c0", "seeds": "c1"})
+    in_val = re.findall(r'<g class="series s-val[^"]*"><circle[^>]*><title>([^<]*)</title>', html)
+    assert in_val == ["best val macro-F1 at r=8: 0.311 (trial #3)"]  # trial #0 wears its phase's colour
+    assert re.search(r'<g class="series s-val ring"><circle class="pt" cx="[\d.]+" cy="[\d.]+" r="7"', html)
+    assert "best val macro-F1 per rank" in html

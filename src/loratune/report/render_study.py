@@ -196,12 +196,16 @@ def rank_section(s: StudyReport, phases: dict[str, str]) -> str:
     if not rk.points:
         return section("rank", title, "", missing(rk.missing or "no LoRA trials"))
     best_by_r: dict[int, float] = {}
+    best_trial: dict[int, int] = {}
     for p in rk.points:
         if p.r not in best_by_r or o.score(p.value) > o.score(best_by_r[p.r]):
-            best_by_r[p.r] = p.value
+            best_by_r[p.r], best_trial[p.r] = p.value, p.trial
     sweep = sorted((p.r, p.value) for p in rk.points if p.in_sweep)
-    # the line joins the sweep (one lr, one scaling rule); other trials at other lrs are only dots
-    line = sweep if len(sweep) >= 2 else sorted(best_by_r.items())
+    # the line joins the sweep (one lr, one scaling rule); other trials at other lrs are only dots. Without a sweep
+    # (fewer than 2 of its points) the line is the best per rank, each best ringed: one rank's "line" is one point,
+    # which a path never drew (the legend's colour then named a lone in-sweep trial that was not the best)
+    is_sweep = len(sweep) >= 2
+    line = sweep if is_sweep else sorted(best_by_r.items())
     share = {r: (a, b) for r, a, b in rk.shares}
 
     def share_text(p) -> str:
@@ -210,9 +214,12 @@ def rank_section(s: StudyReport, phases: dict[str, str]) -> str:
             return f"; LoRA = {pct(p.share, 2)} of the model"
         return f"; r={p.r}: LoRA ≈ {pct(share[p.r][0], 2)} of the model" if share.get(p.r) and share[p.r][0] else ""
 
-    dots = [ch.Dot(p.r, p.value, "s-val" if p.in_sweep else f"s-{phases.get(p.phase, 'c7')}",
+    dots = [ch.Dot(p.r, p.value, "s-val" if p.in_sweep and is_sweep else f"s-{phases.get(p.phase, 'c7')}",
                    f"#{p.trial} r={p.r}{' (rsLoRA)' if p.rslora else ''}, {p.phase}: {o.name} {metric(p.value)}"
-                   + share_text(p), r=5 if p.in_sweep else 4) for p in rk.points]
+                   + share_text(p), r=5 if p.in_sweep and is_sweep else 4) for p in rk.points]
+    if not is_sweep:  # the best per rank, ringed in the line's colour (the table's best)
+        dots += [ch.Dot(r, v, "s-val ring", f"best {o.name} at r={r}: {metric(v)} (trial #{best_trial[r]})", r=7)
+                 for r, v in sorted(best_by_r.items())]
     rs = [p.r for p in rk.points]
     lo, hi = min(rs), max(rs)
     vlines, marks_legend = [], []
@@ -243,9 +250,9 @@ def rank_section(s: StudyReport, phases: dict[str, str]) -> str:
                      log_x=True, x_lo=x_lo, x_hi=x_hi, vlines=vlines, bands=bands, x_ticks=ticks,
                      lines=[ch.Series("best per rank", "s-val", line)], aria=f"rank vs {o.name}",
                      x_fmt=lambda v: f"{v:g}")
-    items = [("val", "rank sweep (same lr, rsLoRA)" if len(sweep) >= 2 else f"best {o.name} per rank", "line")]
+    items = [("val", "rank sweep (same lr, rsLoRA)" if is_sweep else f"best {o.name} per rank (ringed)", "line")]
     items += [(c, PHASE_NAMES.get(ph, ph), "box") for ph, c in phases.items()
-              if any(p.phase == ph and not p.in_sweep for p in rk.points)] + marks_legend
+              if any(p.phase == ph and not (p.in_sweep and is_sweep) for p in rk.points)] + marks_legend
     if bands:
         items.append(("good", "within noise of the best", "box"))
     rows = []
