@@ -3676,6 +3676,24 @@ def read_csv(path: str | Path) -> RunHistory:
     return _csv_history(p, header, map(pivot, rows), dialect, lambda: map(pivot, again()), (note,))
 
 
+CSV_NO_END_ENTRY_NOTE = ("no end-of-training entry (a train_runtime value) in the CSV: whether the run ended is "
+                         "unknown, so it is read to its last row, stopped short or not")
+CSV_END_COLUMNS = ("train_runtime", "train_train_runtime")  # _norm'd names of the Trainer's end-entry column
+
+
+def _csv_end_entry(header: Sequence[str], rows: Iterable[Sequence[str]]) -> bool:
+    """Whether a CSV holds the Trainer's end-of-training entry: a number in its train_runtime column."""
+    cols = [i for i, h in enumerate(header) if _norm(h) in CSV_END_COLUMNS]
+    for row in rows if cols else ():
+        for i in cols:
+            try:
+                if i < len(row) and math.isfinite(float(row[i].strip().replace(",", "."))):
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
 def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
                  again: Callable[[], Iterator[list[str]]], first_notes: Sequence[str] = ()) -> RunHistory:
     """The run of a CSV from its header and its non-blank rows (`body`: read once, row by row; `again`: the rows
@@ -3814,5 +3832,11 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
         meta["facts"] = {k: {"value": f.value, "source": f.source} for k, f in facts.items()}
     if "step" not in found:
         meta["step_unit"] = "row"  # what the run's "steps" count, for whoever shows them (the diagnosis header)
+    # a CSV of curves cannot say the run ended, as another writer's TensorBoard log cannot (END_UNKNOWN_KEY): read to
+    # its last row, never `finished`, unless it holds the Trainer's end entry (a train_runtime value: an export of the
+    # log_history with its last entry)
+    if not _csv_end_entry(header, again()):
+        meta[END_UNKNOWN_KEY] = True
+        notes.append(CSV_NO_END_ENTRY_NOTE)
     return RunHistory(name=p.stem, source="csv", points=tuple(points), meta=meta, config=_config_from_facts({}, facts),
                       notes=tuple(notes), path=str(p), facts=facts)

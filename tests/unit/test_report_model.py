@@ -2143,3 +2143,28 @@ def test_a_one_rank_studys_chart_marks_the_tables_best_trial_not_the_lone_sweep_
     assert in_val == ["best val macro-F1 at r=8: 0.311 (trial #3)"]  # trial #0 wears its phase's colour
     assert re.search(r'<g class="series s-val ring"><circle class="pt" cx="[\d.]+" cy="[\d.]+" r="7"', html)
     assert "best val macro-F1 per rank" in html
+
+
+def test_a_csv_runs_end_is_unknown_unless_it_holds_the_trainers_end_entry(tmp_path, capsys):
+    """A CSV of curves was badged `finished` though it cannot say the run ended (a TensorBoard log with the same lack
+    reads 'end unknown'), and its steps tile read '–' of '–' planned beside a best card at step 1,000 (visual hunt).
+    The CSV reader marks its end unknown (END_UNKNOWN_KEY) unless a train_runtime value says the run ended; show and
+    the report say the same; the steps tile gives the last step logged."""
+    from loratune.cli import main
+    from loratune.history_io import END_UNKNOWN_KEY, load_run
+    from loratune.report.render import render_run
+
+    rows = "".join(f"{s},{s / 500},{2 * math.exp(-s / 200) + 0.4:.4f},{1.8 * math.exp(-s / 250) + 0.5:.4f},"
+                   f"{0.5 + 0.3 * (1 - math.exp(-s / 300)):.4f}\n" for s in range(50, 1001, 50))
+    csv = tmp_path / "export.csv"
+    csv.write_text("step,epoch,train_loss,eval_loss,eval_accuracy\n" + rows, encoding="utf-8")
+    assert load_run(csv).meta.get(END_UNKNOWN_KEY) is True
+    report = build_report_of(csv)
+    assert report.status == "end unknown" and report.steps_done == 1000
+    assert 'data-key="compute"><div class="k">steps</div><div class="v">1,000</div>' in render_run(report)
+    assert main(["show", str(csv)]) == 0
+    assert "end unknown" in capsys.readouterr().out
+    ended = tmp_path / "ended.csv"
+    ended.write_text("step,epoch,train_loss,eval_loss,eval_accuracy,train_runtime\n" + rows
+                     + "1000,2.0,,,,100.5\n", encoding="utf-8")
+    assert END_UNKNOWN_KEY not in load_run(ended).meta and build_report_of(ended).status == "finished"

@@ -1100,7 +1100,10 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
         metric=metric, best=_summary_point(_point_at(points, best_step), metric) if points else {},
         final=_summary_point(final_pt, metric) if final_pt else {},
         start_metric=as_float(points[0].get(metric)) if points else None,
-        steps_done=_int(h.meta.get("steps_done")), steps_planned=_int(h.meta.get("steps_planned")),
+        # a log that says no count (a CSV): the last step it logged, as its best card's step reads (not '–')
+        steps_done=_int(h.meta.get("steps_done")) if h.meta.get("steps_done") is not None else
+        (_int(points[-1].get("step")) if points and h.meta.get("step_unit") != "row" else None),
+        steps_planned=_int(h.meta.get("steps_planned")),
         examples_seen=None, wall_s=None, params_share=None,
         curves=build_curves(points, metric, train_loss=h.train_log),
         diagnosis=build_diagnosis(h, thresholds) if points else DiagnosisView(  # the history read above
