@@ -2168,3 +2168,19 @@ def test_a_csv_runs_end_is_unknown_unless_it_holds_the_trainers_end_entry(tmp_pa
     ended.write_text("step,epoch,train_loss,eval_loss,eval_accuracy,train_runtime\n" + rows
                      + "1000,2.0,,,,100.5\n", encoding="utf-8")
     assert END_UNKNOWN_KEY not in load_run(ended).meta and build_report_of(ended).status == "finished"
+
+
+def test_a_long_class_label_or_verdict_stays_inside_its_summary_tile(tmp_path):
+    """A 38-character class label in the weakest-classes tile (and the SFT verdict chip) ran out of its tile, the
+    page scrolling sideways at 1280 px (visual hunt): tiles may shrink and wrap anywhere, and a weakest class's name
+    is cut with an ellipsis, its full name in the title."""
+    from loratune.report.html import page
+
+    css = page("t", "run", "")
+    assert re.search(r"\.tile \{[^}]*min-width: 0", css)
+    assert re.search(r"\.tile \.v, \.tile \.d \{[^}]*overflow-wrap: anywhere", css)
+    assert re.search(r"\.tile \.d \.clip \{[^}]*text-overflow: ellipsis", css)
+    run = write_run(tmp_path / "run", k=4)
+    html = render_run(build_run_report(run))
+    tile = re.search(r'data-key="weakest">(.*?)</div></div>', html).group(1)
+    assert re.search(r'<span class="clip" title="intent_\d{3}">intent_\d{3}</span>', tile), tile

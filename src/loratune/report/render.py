@@ -425,7 +425,9 @@ def run_summary(r: RunReport) -> str:
     weakest = r.classes.weakest(WEAKEST_TILE)
     if weakest:
         tiles.append(tile("weakest classes", esc(metric(weakest[0].recall)),
-                          "<br>".join(f"{esc(c.label)} <span class=muted>{metric(c.recall)}</span>" for c in weakest),
+                          # a long label is cut with an ellipsis in the tile, the full name on hover
+                          "<br>".join(f'<span class="clip" title="{esc(c.label)}">{esc(c.label)}</span> '
+                                      f"<span class=muted>{metric(c.recall)}</span>" for c in weakest),
                           key="weakest"))
     notes = "".join(f'<div class="note">{esc(n)}</div>' for n in r.notes)
     return (f'<section class="card" id="summary"><h2>Summary</h2><p class="lede">{esc(r.reason or "")}</p>'
