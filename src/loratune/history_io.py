@@ -974,8 +974,10 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
     if here == run_here and LIGHTNING_VERSION_FOLDER.fullmatch(here.name):
         name = here.name  # one version of a Lightning experiment: the folder that tells it from the others
     else:
-        name = next((q.name for q in (here, *here.parents) if q.name not in TB_LOG_FOLDERS and q != run_here),
-                    here.name)
+        # the events file's own folder names the run (as show / report name it: `tb/events...` is run `tb`), unless
+        # it is a Trainer's logging_dir `runs/<date_host>` (or a Lightning version's), named by the folder above
+        name = next((q.name for q in (here, *here.parents) if q.name not in TB_LOG_FOLDERS
+                     and (q != run_here or run_here.parent.name not in TB_LOG_FOLDERS)), here.name)
     late = _late_start(log_history)
     ended = [] if by_trainer else [TB_NO_END_ENTRY_NOTE]
     # another writer's log: read to its last point (no partial run's reading), its end unknown (END_UNKNOWN_KEY)

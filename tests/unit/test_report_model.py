@@ -2184,3 +2184,19 @@ def test_a_long_class_label_or_verdict_stays_inside_its_summary_tile(tmp_path):
     html = render_run(build_run_report(run))
     tile = re.search(r'data-key="weakest">(.*?)</div></div>', html).group(1)
     assert re.search(r'<span class="clip" title="intent_\d{3}">intent_\d{3}</span>', tile), tile
+
+
+def test_diagnose_show_and_report_name_a_tensorboard_log_after_its_own_folder(tmp_path):
+    """`loratune diagnose in/tb` titled the run `in` (the folder above the events file's) while show / report titled
+    it `tb` (visual hunt): one rule, the events file's folder, unless it is a Trainer's logging_dir runs/<date>."""
+    tb = pytest.importorskip("torch.utils.tensorboard")
+    from loratune.diagnose import diagnose
+
+    for d in (tmp_path / "in" / "tb", tmp_path / "out" / "runs" / "Jan01_host"):
+        w = tb.SummaryWriter(str(d))
+        for s in range(10, 101, 10):
+            w.add_scalar("train/loss", 2.0 - s / 100, s)
+            w.add_scalar("eval/loss", 2.1 - s / 100, s)
+        w.close()
+    assert diagnose(str(tmp_path / "in" / "tb")).run == build_report_of(tmp_path / "in" / "tb").name == "tb"
+    assert diagnose(str(tmp_path / "out")).run == build_report_of(tmp_path / "out").name == "out"
