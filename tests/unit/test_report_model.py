@@ -2047,12 +2047,12 @@ def test_a_diverged_runs_non_finite_losses_are_marked_and_break_the_line_over_th
                         "eval_accuracy": 0.6 if s < 300 else 0.1})
     report = build_report_of(write_trainer_state(tmp_path / "div", log, 600))
     loss = {c.key: c for c in next(p for p in report.curves if p.id == "loss").curves}
-    assert loss["train/loss"].nonfinite == (250.0, *range(320, 601, 10))
-    assert [s for s, _ in loss["train/loss"].points][-2:] == [300.0, 310.0]
+    assert loss["train/loss"].logged_nonfinite == (250.0, *range(320, 601, 10))
+    assert [s for s, _ in loss["train/loss"].logged][-2:] == [300.0, 310.0]
     assert loss["val/loss"].nonfinite == (300.0, 400.0, 500.0, 600.0)
     svg = loss_svg(report)
     marks = svg_titles(svg, "nonfinite")
-    assert "train (running mean): non-finite (nan/inf) at optimizer step 250" in marks
+    assert "train (as logged): non-finite (nan/inf) at optimizer step 250" in marks
     assert "validation: non-finite (nan/inf) at optimizer step 600" in marks and len(marks) == 1 + 29 + 4
     # the train line is cut at step 250: one path up to 240, another from 260
     train = re.search(r'<g class="series s-train">(.*?)</g>', svg).group(1)
@@ -2075,7 +2075,7 @@ def test_one_loss_spike_is_drawn_off_scale_and_sets_no_axis(tmp_path):
                         "eval_accuracy": 0.7})
     svg = loss_svg(build_report_of(write_trainer_state(tmp_path / "spike", log, 1000)))
     off = svg_titles(svg, "offscale")
-    assert len(off) == 1 and off[0].startswith("train (running mean): off-scale 850 at optimizer step 500")
+    assert len(off) == 1 and off[0].startswith("train (as logged): off-scale 850 at optimizer step 500")
     y_ticks = [float(t) for t in re.findall(r'text-anchor="end">([\d.]+)</text>', svg)]
     assert max(y_ticks) < 3  # the axis is the learning curve's (2.3 down to 0.4), not the spike's
     assert ch.offscale_top([ch.Series("a", "s", [(0, 2.0), (1, 850.0)])]) == ch.OFFSCALE_RATIO * 2.0
@@ -2094,8 +2094,8 @@ def test_a_run_that_evaluated_once_draws_its_logged_train_loss_over_its_steps(tm
     log.append({"step": 1000, "epoch": 2.0, "train_runtime": 100.0, "train_loss": 0.7})
     report = build_report_of(write_trainer_state(tmp_path / "evalend", log, 1000))
     train = next(c for c in report.curves[0].curves if c.key == "train/loss")
-    assert len(train.points) == 100 and train.points[0] == (10.0, pytest.approx(2.0 * math.exp(-0.05) + 0.4))
-    assert train.logged
+    assert len(train.logged) == 100 and train.logged[0] == (10.0, pytest.approx(2.0 * math.exp(-0.05) + 0.4))
+    assert train.from_log and [s for s, _ in train.points] == [1000.0]  # `points`: the eval points (show's table)
     svg = loss_svg(report)
     assert x_ticks(svg)[:2] == ["0", "200"] and x_ticks(svg)[-1] == "1,000"
     width = float(re.search(r'viewBox="0 0 (\d+)', svg).group(1))
@@ -2200,3 +2200,43 @@ def test_diagnose_show_and_report_name_a_tensorboard_log_after_its_own_folder(tm
         w.close()
     assert diagnose(str(tmp_path / "in" / "tb")).run == build_report_of(tmp_path / "in" / "tb").name == "tb"
     assert diagnose(str(tmp_path / "out")).run == build_report_of(tmp_path / "out").name == "out"
+
+
+def test_a_long_train_log_is_drawn_as_about_a_point_per_pixel(tmp_path, capsys):
+    """Every logged train loss was drawn: a 200k-step log made a 2.9 MB report that took 11 s to open and a solid grey
+    band ~500 px wide, and `show` listed every log as an 'eval point' row (visual review). The logged line is cut to
+    about charts.LINE_POINTS (bucket means) before charting, its first and last points exact and every non-finite
+    step kept; the curve's points stay the eval points."""
+    from loratune.cli import main
+    from loratune.report import charts as ch
+
+    log = []
+    for s in range(1, 20001):
+        log.append({"step": s, "epoch": s / 2000, "learning_rate": 1e-4,
+                    "loss": float("nan") if s == 7000 else 2.0 * math.exp(-s / 4000) + 0.4 + 0.3 * (s % 7 - 3) / 3})
+        if s % 2000 == 0:
+            log.append({"step": s, "epoch": s / 2000, "eval_loss": 1.8 * math.exp(-s / 5000) + 0.5,
+                        "eval_accuracy": 0.7})
+    run = write_trainer_state(tmp_path / "long", log, 20000)
+    report = build_report_of(run)
+    train = next(c for c in report.curves[0].curves if c.key == "train/loss")
+    assert ch.LINE_POINTS <= len(train.logged) <= ch.LINE_POINTS + 3
+    assert train.logged[0] == (1.0, pytest.approx(log[0]["loss"])) and train.logged[-1][0] == 20000.0
+    assert train.logged[-1][1] == pytest.approx(next(e["loss"] for e in reversed(log) if "loss" in e))
+    assert train.logged_nonfinite == (7000.0,)
+    assert {s for s, _ in train.points} | set(train.nonfinite) == {float(s) for s in range(2000, 20001, 2000)}
+    # no bucket mixes the steps either side of a non-finite one
+    line = [(float(x), 1.0) for x in range(100) if x != 40]
+    assert ch.thin_line(line, [40.0], n=4) == ((0.0, 1.0), (12.5, 1.0), (32.0, 1.0), (45.0, 1.0), (62.0, 1.0),
+                                               (86.5, 1.0), (99.0, 1.0))
+    assert ch.thin_line(line[:4], n=4) == tuple(line[:4])  # a short line as it is
+    # the bucket means keep the curve: the noise (period 7) averages out to the trend
+    mid = [y for x, y in train.logged if 9000 < x < 11000]
+    assert all(abs(y - (2.0 * math.exp(-10000 / 4000) + 0.4)) < 0.08 for y in mid)
+    svg = loss_svg(report)
+    assert len(svg) < 40_000 and svg.count("<title>") < 30
+    assert main(["show", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "20000 *" in out or "20000" in out
+    assert out.count("\n") < 80  # the eval points' rows, not 20,000 logs
+

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from loratune.errors import PARSE_ERRORS, UserError, parse_problem
 from loratune.features import tail_head_split
+from loratune.report import charts as ch
 from loratune.rules import THRESHOLDS
 from loratune.store import STUDY_MARKERS
 
@@ -42,7 +43,14 @@ class Curve:
     role: str  # train | train_eval | val | lr: picks the colour, the same in every chart
     points: tuple[tuple[float, float], ...]
     nonfinite: tuple[float, ...] = ()  # steps where the key was logged NaN / inf (null in a run record)
-    logged: bool = False  # drawn from every train log (RunHistory.train_log), not from the eval points
+    # the train loss as logged (RunHistory.train_log), cut to about a point per pixel (charts.thin_line), and its
+    # non-finite steps: the chart draws this line instead of `points` (which stay the eval points, as `show` lists them)
+    logged: tuple[tuple[float, float], ...] = ()
+    logged_nonfinite: tuple[float, ...] = ()
+
+    @property
+    def from_log(self) -> bool:
+        return bool(self.logged or self.logged_nonfinite)
 
 
 @dataclass(frozen=True)
@@ -432,6 +440,9 @@ def _nonfinite(v: Any) -> bool:
         return False
 
 
+LOGGED_TRAIN_LABEL = "train (as logged)"  # the legend of the train loss drawn from every log (Curve.logged)
+
+
 def build_curves(points: Sequence[dict], metric: str, best_step: float | None = None,
                  train_loss: Sequence[tuple[float, float | None]] = ()) -> tuple[CurvePanel, ...]:
     """Loss, metric and learning-rate panels; each series keeps the eval points that have the key (a point that has
@@ -440,11 +451,7 @@ def build_curves(points: Sequence[dict], metric: str, best_step: float | None = 
     TensorBoard's logging_steps, RunHistory.train_log): the train curve is drawn from it, not from the eval points'
     window means (a run that evaluated once drew one train point of 100 logged)."""
 
-    def series(key: str) -> tuple[tuple[tuple[float, float], ...], tuple[float, ...]]:
-        if key == "train/loss" and train_loss:
-            rows = [(as_float(s), v) for s, v in train_loss]
-        else:
-            rows = [(as_float(p.get("step")), p.get(key)) for p in points if key in p]
+    def split(rows) -> tuple[tuple[tuple[float, float], ...], tuple[float, ...]]:
         out, bad = [], []
         for s, raw in rows:
             if s is None:
@@ -457,9 +464,20 @@ def build_curves(points: Sequence[dict], metric: str, best_step: float | None = 
         # step order; a repeated step keeps its file order
         return tuple(sorted(out, key=lambda sv: sv[0])), tuple(sorted(set(bad)))
 
+    def series(key: str) -> tuple[tuple[tuple[float, float], ...], tuple[float, ...]]:
+        return split((as_float(p.get("step")), p.get(key)) for p in points if key in p)
+
+    log_pts, log_bad = split((as_float(s), v) for s, v in train_loss)
+    logged = (ch.thin_line(log_pts, log_bad), log_bad)  # a 200k-step log: ~500 points, each non-finite step kept
+
     def curves(specs) -> tuple[Curve, ...]:
-        return tuple(Curve(k, lab, role, *sb, logged=k == "train/loss" and bool(train_loss))
-                     for k, lab, role in specs if any(sb := series(k)))
+        out = []
+        for k, lab, role in specs:
+            sb, lg = series(k), (logged if k == "train/loss" else ((), ()))
+            if any(sb) or any(lg):  # the train loss as logged is no running mean: its legend says so
+                out.append(Curve(k, LOGGED_TRAIN_LABEL if any(lg) else lab, role, *sb, logged=lg[0],
+                                 logged_nonfinite=lg[1]))
+        return tuple(out)
 
     m = metric.split("/", 1)[1] if "/" in metric else metric
     mname = m.replace("_", " ")

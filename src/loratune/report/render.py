@@ -36,8 +36,9 @@ def curve_figure(panel: CurvePanel, *, width: int = 540, height: int = 270, epoc
     for c in panel.curves:
         cls, kind = ROLE_STYLE.get(c.role, ("neutral", "line"))
         # markers on eval points; the train loss as logged (every logging step) and the lr are lines
-        series.append(ch.Series(c.label, f"s-{cls}", c.points, dashed=kind == "dash",
-                                markers=c.role != "lr" and not c.logged, nonfinite=c.nonfinite))
+        series.append(ch.Series(c.label, f"s-{cls}", c.logged if c.from_log else c.points, dashed=kind == "dash",
+                                markers=c.role != "lr" and not c.from_log,
+                                nonfinite=c.logged_nonfinite if c.from_log else c.nonfinite))
         items.append((cls, c.label, kind))
     vlines = []
     if panel.best_step is not None and panel.id != "lr":
@@ -457,8 +458,9 @@ def render_run(r: RunReport) -> str:
                    if lr else "")
         curves = section("curves", "Curves", "Every marker is an eval point. Train (eval subsample) is scored "
                          "exactly like validation, so the gap between the two is the generalisation gap."
-                         if r.source == "loratune" else "Every marker is an eval point; the train loss is the "
-                         "logged training loss (a mean over the logging window), not a scored train subsample.",
+                         if r.source == "loratune" else "Every marker is an eval point; the train loss is a "
+                         "line of the training loss as logged (each a mean over its logging window; a long log drawn "
+                         "as about one point per pixel), not a scored train subsample.",
                          f'<div class="grid2">{"".join(figs)}</div>{lr_html}')
     else:
         curves = section("curves", "Curves", "", missing("no eval points yet"))
