@@ -2262,3 +2262,49 @@ def test_a_long_run_of_non_finite_losses_is_one_mark_and_charts_fast():
     segs = ch._segments([(1, 1), (2, 1), (4, 1), (5, 1), (7, 1)], [3, 5, 6])
     assert [[x for x, _ in seg] for seg in segs] == [[1, 2], [4], [5], [7]]
     assert ch.nonfinite_runs([1, 2, 4, 7], [3, 5, 6, 8, 9]) == [(3, 3, 1), (5, 6, 2), (8, 9, 2)]
+
+
+def css_value(css: str, chain: list[str], prop: str) -> str | None:
+    """The value of `prop` the cascade gives the last element of `chain` (each 'tag.class.class', outermost first):
+    descendant selectors only, ranked by specificity then order (enough to check which of two rules wins)."""
+    css = re.sub(r"/\*.*?\*/", "", css, flags=re.S)
+    els = [(e.split(".")[0], set(e.split(".")[1:])) for e in chain]
+
+    def compound_ok(c: str, el) -> bool:
+        tag, classes = c.split(".")[0], set(c.split(".")[1:])
+        return (not tag or tag == el[0]) and classes <= el[1]
+
+    def matches(sel: str) -> bool:
+        parts = sel.split()
+        if any(ch in sel for ch in ":>+~[#*") or not parts or not compound_ok(parts[-1], els[-1]):
+            return False
+        i = len(els) - 2
+        for c in reversed(parts[:-1]):
+            while i >= 0 and not compound_ok(c, els[i]):
+                i -= 1
+            if i < 0:
+                return False
+            i -= 1
+        return True
+
+    best = None
+    for order, (sels, body) in enumerate(re.findall(r"([^{}]+)\{([^{}]*)\}", css)):
+        value = next((v.strip() for k, v in (d.split(":", 1) for d in body.split(";") if ":" in d)
+                      if k.strip() == prop), None)
+        for sel in sels.split(","):
+            if value is not None and matches(sel.strip()):
+                parts = sel.split()
+                rank = (sum(p.count(".") for p in parts), sum(1 for p in parts if p.split(".")[0]), order)
+                best = max(best, (rank, value)) if best else (rank, value)
+    return best[1] if best else None
+
+
+def test_a_tiles_verdict_chip_wraps_inside_its_tile():
+    """The SFT verdict chip ('→ phase 2: tune learning_rate') kept .chip's white-space: nowrap and ran 19 px out of
+    its tile at 1280 px (review of the visual fixes): in a tile a chip wraps; elsewhere it stays one line."""
+    from loratune.report.html import page
+
+    css = page("t", "run", "")
+    assert css_value(css, ["html", "div.tiles", "div.tile", "div.d", "div", "span.chip.move"], "white-space") == "normal"
+    assert css_value(css, ["html", "div.tile", "span.chip"], "max-width") == "100%"
+    assert css_value(css, ["html", "div.card", "span.chip.move"], "white-space") == "nowrap"  # elsewhere: one line
