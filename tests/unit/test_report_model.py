@@ -2308,3 +2308,21 @@ def test_a_tiles_verdict_chip_wraps_inside_its_tile():
     assert css_value(css, ["html", "div.tiles", "div.tile", "div.d", "div", "span.chip.move"], "white-space") == "normal"
     assert css_value(css, ["html", "div.tile", "span.chip"], "max-width") == "100%"
     assert css_value(css, ["html", "div.card", "span.chip.move"], "white-space") == "nowrap"  # elsewhere: one line
+
+
+def test_the_best_per_rank_ring_is_a_ring_over_the_trials_own_dot():
+    """The best-per-rank ring was a filled disk hiding the best trial's own phase-coloured dot: `svg .ring .pt`
+    {fill: none} came before `svg .series .pt` {fill: currentColor} with the same specificity, so the later won
+    (review of the visual fixes). The ring's rule wins by its selector, wherever it stands."""
+    from loratune.report.html import page
+
+    css = page("t", "study", "")
+    ring = ["html", "body", "svg", "g.series.s-val.ring", "circle.pt"]
+    assert css_value(css, ring, "fill") == "none"
+    assert css_value(css, ["html", "body", "svg", "g.series.s-c1", "circle.pt"], "fill") == "currentColor"
+    # the order does not decide it: moved before or after the dots' rule, the ring stays a ring
+    rule = re.search(r"\n(svg [^{\n]*\.ring \.pt \{[^}]*\})", css).group(1)
+    dots = re.search(r"\n(svg \.series \.pt \{[^}]*\})", css).group(1)
+    for moved in (css.replace(rule, "").replace(dots, rule + "\n" + dots),
+                  css.replace(rule, "").replace(dots, dots + "\n" + rule)):
+        assert css_value(moved, ring, "fill") == "none"
