@@ -104,6 +104,17 @@ def folder_name(p: str | Path) -> str:
     return Path(os.path.abspath(p)).name
 
 
+def run_name(h: RunHistory, path: str | Path) -> str:
+    """The name show and report give the run `h` read from `path`, as diagnose names it (h.name) where the reader
+    names it by a rule of its own: a LoratuneCallback's record (its folder is always `loratune`: the output_dir) and a
+    TensorBoard log (read_tensorboard: `out/runs/<date_host>` is run `out`, given as `out`, `out/runs` or the date
+    folder). Any other run is named after the folder given (a file: `folder/file`)."""
+    p = Path(path)
+    if is_callback_record(h.meta) or h.source == "tensorboard":
+        return h.name
+    return folder_name(p) if p.is_dir() else f"{folder_name(p.parent)}/{p.name}"
+
+
 def load_run(path: str | Path) -> RunHistory:
     """Detect the input kind and read it. Raises UserError naming what was expected. `NOTEBOOK.ipynb#N` reads the
     notebook's Nth Trainer progress table (1-based, as the reader's note counts them) instead of its last. A file

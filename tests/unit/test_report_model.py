@@ -2202,6 +2202,10 @@ def test_diagnose_show_and_report_name_a_tensorboard_log_after_its_own_folder(tm
         w.close()
     assert diagnose(str(tmp_path / "in" / "tb")).run == build_report_of(tmp_path / "in" / "tb").name == "tb"
     assert diagnose(str(tmp_path / "out")).run == build_report_of(tmp_path / "out").name == "out"
+    # given as the logging_dir itself or its runs/ folder, the run is still `out` in all three (show / report named
+    # it `Jan01_host` and `runs`, review of the visual fixes)
+    for given in (tmp_path / "out" / "runs" / "Jan01_host", tmp_path / "out" / "runs"):
+        assert diagnose(str(given)).run == build_report_of(given).name == "out", given
 
 
 def test_a_long_train_log_is_drawn_as_about_a_point_per_pixel(tmp_path, capsys):

@@ -1067,7 +1067,7 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
     trainer_state.json, a TensorBoard log, a Jupyter notebook with the Trainer's progress table, or a CSV. It holds
     what such a run has: the curves, the diagnosis with its evidence, and what was read from the run's files (each
     fact with its source); no per-class numbers, confusion or example texts (the run logged none)."""
-    from loratune.history_io import END_UNKNOWN_KEY, folder_name, is_callback_record, load_run
+    from loratune.history_io import END_UNKNOWN_KEY, is_callback_record, load_run, run_name
 
     p = Path(path)
     h = load_run(p)  # UserError (exit 2) names what it expected
@@ -1107,8 +1107,7 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
     import yaml
 
     return RunReport(
-        # a callback record's folder is always `loratune`: the run is named after its output_dir (as diagnose does)
-        name=(h.name if callback else folder_name(p) if p.is_dir() else f"{folder_name(p.parent)}/{p.name}"),
+        name=run_name(h, p),  # as diagnose names it (a callback record's output_dir, a TensorBoard log's rule)
         path=str(p), status=status,
         reason=None,
         task=str(h.meta.get("task") or fact("task") or "single_label"),
