@@ -2080,8 +2080,8 @@ def test_one_loss_spike_is_drawn_off_scale_and_sets_no_axis(tmp_path):
     assert len(off) == 1 and off[0].startswith("train (as logged): off-scale 850 at optimizer step 500")
     y_ticks = [float(t) for t in re.findall(r'text-anchor="end">([\d.]+)</text>', svg)]
     assert max(y_ticks) < 3  # the axis is the learning curve's (2.3 down to 0.4), not the spike's
-    assert ch.offscale_top([ch.Series("a", "s", [(0, 2.0), (1, 850.0)])]) == ch.OFFSCALE_RATIO * 2.0
-    assert ch.offscale_top([ch.Series("a", "s", [(0, -1.0), (1, 850.0)])]) is None  # not a loss: no rule
+    assert ch.offscale_points([ch.Series("a", "s", [(0, 2.0), (1, 850.0)])]) == [{1}]
+    assert ch.offscale_points([ch.Series("a", "s", [(0, -1.0), (1, 850.0)])]) is None  # not a loss: no rule
     # the accuracy and lr charts keep every point on scale
     assert "offscale" not in ch.line_chart([ch.Series("lr", "s-lr", [(0, 1e-6), (10, 1e-4)])])
 
@@ -2330,3 +2330,31 @@ def test_the_best_per_rank_ring_is_a_ring_over_the_trials_own_dot():
     for moved in (css.replace(rule, "").replace(dots, rule + "\n" + dots),
                   css.replace(rule, "").replace(dots, dots + "\n" + rule)):
         assert css_value(moved, ring, "fill") == "none"
+
+
+def test_a_curve_that_climbs_stays_on_scale_and_an_off_scale_point_is_captioned(tmp_path):
+    """The 10x-the-start rule drew real shapes at the top edge after a low start (a train loss 0.05 -> 3.2 diverging
+    step by step, a val loss overfitting 0.33 -> 3.5: its last point a triangle), and an off-scale value was only in
+    a tooltip, which a printed page loses (review of the visual fixes). A point is off scale only where it also jumps
+    OFFSCALE_RATIO x past its curve's last in-scale value; a caption under the chart says how many, the largest,
+    where."""
+    from loratune.report import charts as ch
+
+    climb = [(float(s), 0.05 * 1.09 ** max(0, s - 50)) for s in range(1, 101)]  # 0.05 ... 3.2, step by step
+    overfit = [(float(s), 0.33 + 0.0316 * (s - 1)) for s in range(1, 101, 10)]  # 0.33 ... 3.2
+    assert ch.offscale_points([ch.Series("t", "s", climb), ch.Series("v", "s", overfit)]) == [set(), set()]
+    spike = [(float(s), 850.0 if s == 50 else 2.0 - s / 100) for s in range(1, 101)]
+    plateau = [(float(s), 1.2e6 if s >= 30 else 2.0 - s / 100) for s in range(1, 101)]  # a jump, then held there
+    assert ch.offscale_points([ch.Series("t", "s", spike)]) == [{49}]
+    assert ch.offscale_points([ch.Series("t", "s", plateau)]) == [set(range(29, 100))]
+    log = []
+    for s in range(10, 1001, 10):
+        log.append({"step": s, "epoch": s / 500, "loss": 850.0 if s == 500 else 0.05 * 1.05 ** max(0, s / 10 - 40),
+                    "learning_rate": 1e-4})
+        if s % 100 == 0:
+            log.append({"step": s, "epoch": s / 500, "eval_loss": 0.3 + 0.003 * s, "eval_accuracy": 0.7})
+    svg = loss_svg(build_report_of(write_trainer_state(tmp_path / "low", log, 1000)))
+    assert len(svg_titles(svg, "offscale")) == 1  # the spike; the climb to 3.9 and the val rise to 3.3 on scale
+    assert max(float(t) for t in re.findall(r'text-anchor="end">([\d.]+)</text>', svg)) >= 3
+    assert '<div class="muted small">▲ 1 point off scale (max 850 at optimizer step 500), drawn at the top edge</div>' \
+        in svg

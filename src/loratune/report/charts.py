@@ -102,8 +102,11 @@ def log_ticks(lo: float, hi: float) -> list[float]:
     return out or [lo, hi]
 
 
-def text_width(text: str, px: float = 6.2) -> float:
-    """About how wide an axis label is drawn (11 px system sans: ~6.2 px a character)."""
+CHAR_PX = 6.2  # about how wide a character of an axis label is drawn (11 px system sans)
+
+
+def text_width(text: str, px: float = CHAR_PX) -> float:
+    """About how wide an axis label is drawn."""
     return len(text) * px
 
 
@@ -271,21 +274,46 @@ def _path(coords: Sequence[tuple[float, float]], step: bool = False) -> str:
     return "M" + "L".join(f"{x:.1f},{y:.1f}" for x, y in coords)
 
 
-# A value more than OFFSCALE_RATIO x the largest first value of a chart's curves is off-scale: a loss starts near
-# its highest (a cross-entropy near ln K) and falls, so 10x its start is a spike or a divergence, not learning. Such a
-# point is drawn at the top edge with an off-scale marker and its value in the tooltip, and sets no axis: one loss of
-# 850 among values of 1-2 (or a diverged run's 1.2e6) drew every other point flat on the 0 gridline.
+# A value more than OFFSCALE_RATIO x the largest first value of a chart's curves, and as many times the last
+# in-scale value of its own curve before it, is off-scale: a spike or a jump of a divergence, not learning (a loss
+# starts near its highest, a cross-entropy near ln K). Such a point is drawn at the top edge with an off-scale marker,
+# its value in the tooltip and a caption under the chart, and sets no axis: one loss of 850 among values of 1-2 (or a
+# diverged run's 1.2e6) drew every other point flat on the 0 gridline. A curve that climbs there step by step (a low
+# loss that diverges, a val loss that overfits from 0.3 to 3.5) stays on scale: its shape is the finding.
 OFFSCALE_RATIO = 10.0
 
 
-def offscale_top(series: Sequence[Series]) -> float | None:
-    """The largest value a chart of `series` keeps on its scale (OFFSCALE_RATIO x the largest first finite value of
-    a series); None when the rule does not apply (no positive start, or a negative value: not a loss)."""
+def offscale_points(series: Sequence[Series]) -> list[set[int]] | None:
+    """Per series, the indices of its off-scale points (OFFSCALE_RATIO); None when the rule does not apply (no
+    positive start, or a negative value: not a loss)."""
     finite = [[y for _, y in s.points if y is not None and math.isfinite(y)] for s in series]
     firsts = [ys[0] for ys in finite if ys]
     if not firsts or min(min(ys) for ys in finite if ys) < 0 or max(firsts) <= 0:
         return None
-    return OFFSCALE_RATIO * max(firsts)
+    floor = OFFSCALE_RATIO * max(firsts)
+    out = []
+    for s in series:
+        off, last = set(), None
+        for k, (_, y) in enumerate(s.points):
+            if y is None or not math.isfinite(y):
+                continue
+            if y > floor and last is not None and y > OFFSCALE_RATIO * last:
+                off.add(k)
+            else:
+                last = y
+        out.append(off)
+    return out
+
+
+def offscale_caption(series: Sequence[Series], x_label: str = "step", x_fmt: Callable[[float], str] = fmt) -> str:
+    """What a printed chart would lose of its off-scale points (their tooltips): how many, the largest and where."""
+    off = offscale_points(series) or []
+    pts = [s.points[k] for s, ks in zip(series, off) for k in ks]
+    if not pts:
+        return ""
+    x, y = max(pts, key=lambda p: p[1])
+    return (f"▲ {len(pts)} point{'s' if len(pts) > 1 else ''} off scale (max {fmt(y, 4)} at {x_label} {x_fmt(x)}), "
+            "drawn at the top edge")
 
 
 # A chart's plot is about 500 px wide: a line of more points than that draws several to a pixel (a 200k-step train log
@@ -355,28 +383,30 @@ def line_chart(series: Sequence[Series], *, width: int = 560, height: int = 280,
                vlines: Sequence[VLine] = (), bands: Sequence[Band] = (), aria: str = "line chart",
                x_fmt: Callable[[float], str] = fmt, y_fmt: Callable[[float], str] = fmt,
                offscale: bool = False) -> str:
-    """`offscale`: values beyond offscale_top (OFFSCALE_RATIO) set no axis and are drawn at the top edge, marked.
+    """`offscale`: off-scale values (offscale_points, OFFSCALE_RATIO) set no axis and are drawn at the top edge, marked.
     Each series' non-finite steps (Series.nonfinite) are marked at the top edge and break its line."""
-    top = offscale_top(series) if offscale and y_hi is None and not log_y else None
+    off = (offscale_points(series) if offscale and y_hi is None and not log_y else None) or [set() for _ in series]
     xs = [x for s in series for x, _ in s.points] + [x for s in series for x in s.nonfinite] + [v.x for v in vlines]
-    ys = ([y for s in series for _, y in s.points if top is None or y is None or y <= top]
+    ys = ([y for s, ks in zip(series, off) for k, (_, y) in enumerate(s.points) if k not in ks]
           + [v for b in bands if not b.vertical for v in (b.lo, b.hi)])
     f = _frame(width, height, xs, ys, x_lo=x_lo, x_hi=x_hi, y_lo=y_lo, y_hi=y_hi, log_x=log_x, log_y=log_y)
     body = [_axes(f, x_label, y_label, x_fmt, y_fmt), _marks(f, vlines, bands)]
     y_top = max(f.y.lo, f.y.hi)
-    for s in series:
-        pts = [(x, y) for x, y in s.points if y is not None and math.isfinite(y) and (not log_x or x > 0)]
+    for s, ks in zip(series, off):
+        keep = [k for k, (x, y) in enumerate(s.points) if y is not None and math.isfinite(y) and (not log_x or x > 0)]
+        pts = [s.points[k] for k in keep]
+        high = {i for i, k in enumerate(keep) if k in ks}  # off-scale: at the top edge
         bad = [x for x in s.nonfinite if not log_x or x > 0]
         if not pts and not bad:
             continue
-        coords = [(f.x(x), f.y(min(y, y_top) if top is not None else y)) for x, y in pts]
+        coords = [(f.x(x), f.y(y_top if i in high else y)) for i, (x, y) in enumerate(pts)]
         dash = ' stroke-dasharray="5 4"' if s.dashed else ""
         body.append(f'<g class="series {esc(s.cls)}">')
         at = dict(zip(pts, coords))
         for seg in _segments(pts, bad):
             body.append(f'<path class="line" d="{_path([at[p] for p in seg], s.step)}"{dash}/>')
         for k, ((x, y), (px, py)) in enumerate(zip(pts, coords)):
-            if top is not None and y > y_top:  # off-scale: at the top edge, an up-triangle, the value in the tooltip
+            if k in high:  # off-scale: at the top edge, an up-triangle, the value in the tooltip
                 tip = f"{s.label}: off-scale {fmt(y, 4)} at {x_label} {x_fmt(x)} (axis top {fmt(y_top, 4)})"
                 body.append(f'<path class="offscale" d="M{px:.1f},{py - 1:.1f}l-5,8h10z"><title>{esc(tip)}</title></path>')
             elif s.markers:
@@ -542,7 +572,7 @@ def heatmap(row_labels: Sequence[str], col_labels: Sequence[str], values: Sequen
             x_label: str = "predicted", y_label: str = "true") -> str:
     """A labelled matrix. `shade(i, j, v)` -> (css class, opacity 0..1); zero cells stay blank."""
     n_r, n_c = len(row_labels), len(col_labels)
-    lab_w = min(max((len(s) for s in row_labels), default=4), label_chars) * 6.2 + 14
+    lab_w = min(max((len(s) for s in row_labels), default=4), label_chars) * CHAR_PX + 14
     lab_h = min(max((len(s) for s in col_labels), default=4), label_chars) * 4.6 + 22
     left, top = lab_w + 18, lab_h
     width, height = int(left + n_c * cell + 10 + lab_h * 0.4), int(top + n_r * cell + 10)
