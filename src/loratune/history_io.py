@@ -916,7 +916,7 @@ def _unused_intervals(state: Mapping[str, Any], folder: Path, facts: Mapping[str
         if k not in facts:
             continue
         every = float(facts[k].value)
-        on = [s for s in steps if abs(s / every - round(s / every)) < 1e-6]
+        on = {s for s in steps if abs(s / every - round(s / every)) < 1e-6}  # a set: one look-up per step below
         off = [s for s in steps if s not in on and s not in ends and not (k == "logging_steps" and s == 1)]
         if not on or off:
             unused.append(k)

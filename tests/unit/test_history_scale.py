@@ -1,0 +1,87 @@
+"""Reading a long trainer_state.json stays linear in its log: the check of which step intervals (logging_steps,
+eval_steps, save_steps) the run went by looks each logged step up once, not by a scan of every step on the grid
+(a 200k-step log, logged every step, took 195 s in `diagnose` on that scan alone). No timing here: the guard counts
+the equality tests the look-ups make, and the readings must stay what they were."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from loratune import history_io
+from loratune.history_io import Fact, _unused_intervals, load_run
+
+
+def _state(steps: int, *, log_every: int = 1, eval_at=None, eval_steps: int = 100) -> dict:
+    """A Trainer state: a train log every `log_every` steps, an eval at each step of `eval_at` (default: every
+    `eval_steps`), the end entry; its intervals as the Trainer writes them."""
+    eval_at = set(range(eval_steps, steps + 1, eval_steps) if eval_at is None else eval_at)
+    log = []
+    for s in range(1, steps + 1):
+        if s % log_every == 0:
+            log.append({"epoch": s / 1000, "learning_rate": 2e-4 * (1 - s / steps), "loss": 2.0 / (1 + s / 300),
+                        "step": s})
+        if s in eval_at:
+            log.append({"epoch": s / 1000, "eval_loss": 0.5 + 1.5 * math.exp(-s / 400), "step": s})
+    log.append({"epoch": steps / 1000, "step": steps, "total_flos": 1e15, "train_loss": 0.5, "train_runtime": 10.0})
+    return {"global_step": steps, "max_steps": steps, "logging_steps": log_every, "eval_steps": eval_steps,
+            "save_steps": 500, "log_history": log}
+
+
+def _facts(state: dict) -> dict:
+    return {k: Fact(state[k], "trainer_state.json") for k in ("logging_steps", "eval_steps", "save_steps")}
+
+
+@pytest.mark.parametrize("state, unused", [
+    (_state(3000), ["save_steps"]),  # no checkpoint folder: the save interval was never gone by
+    (_state(3000, log_every=10), ["save_steps"]),
+    # eval_strategy='epoch' (evals at 750, 1500, ...) with the Trainer's default eval_steps=500 written anyway
+    (_state(3000, eval_at=range(750, 3001, 750), eval_steps=500), ["eval_steps", "save_steps"]),
+    # logging_steps the Trainer wrote but the log does not follow (a log every 7 steps under logging_steps=5)
+    ({**_state(2996, log_every=7), "logging_steps": 5}, ["logging_steps", "save_steps"]),
+])
+def test_the_intervals_a_mid_size_log_never_went_by(tmp_path, state, unused):
+    assert _unused_intervals(state, tmp_path, _facts(state)) == unused
+
+
+def test_a_mid_size_trainer_state_reads_its_facts_as_before(tmp_path):
+    (tmp_path / "trainer_state.json").write_text(json.dumps(_state(3000)))
+    run = load_run(tmp_path)
+    assert {k: run.facts[k].value for k in ("logging_steps", "eval_steps") if k in run.facts} == \
+        {"logging_steps": 1, "eval_steps": 100}
+    assert "save_steps" not in run.facts
+    assert [p["step"] for p in run.points] == list(range(100, 3001, 100))
+
+
+class _Meta(type):
+    def __instancecheck__(cls, obj):  # the module's isinstance(v, float) tests still see every float
+        return isinstance(obj, builtins.float)
+
+
+class _CountingFloat(float, metaclass=_Meta):
+    """float() as the module calls it, counting the equality tests made between the steps it made."""
+
+    compared = 0
+
+    def __new__(cls, *a):
+        return super().__new__(cls, *a)
+
+    def __eq__(self, other):
+        type(self).compared += 1
+        return builtins.float.__eq__(self, other)
+
+    __hash__ = builtins.float.__hash__
+
+
+def test_the_interval_check_looks_each_step_up_once(monkeypatch, tmp_path):
+    state = _state(1000)  # a train log at every step
+    want = _unused_intervals(state, tmp_path, _facts(state))
+    monkeypatch.setattr(history_io, "float", _CountingFloat, raising=False)
+    _CountingFloat.compared = 0
+    assert _unused_intervals(state, tmp_path, _facts(state)) == want
+    # a look-up per step: a handful of tests in all; a scan of the steps on the grid per step made ~n^2/2 (~500,000)
+    assert _CountingFloat.compared < 1000
