@@ -54,7 +54,19 @@ SPARK = "▁▂▃▄▅▆▇█"
 RULE_ENDS = 6  # cells a rich rule keeps beside its title: a space and at least two rule characters each side
 
 
-def spark(values: Sequence[float]) -> str:
+def spark(values: Sequence[float | None], width: int | None = None) -> str:
+    """One character per value (None: a blank); a series longer than `width` is drawn in `width` characters, each
+    the mean of its even share of the values, the first and last characters the first and last values themselves:
+    the whole run fits its cell (cut to the width, a curve that fell and rose again showed only its fall)."""
+    values = list(values)
+    if width is not None and len(values) > max(width, 2):
+        width = max(width, 2)
+        buckets = [[v for v in values[i * len(values) // width:(i + 1) * len(values) // width] if v is not None]
+                   for i in range(width)]
+        means: list[float | None] = [sum(b) / len(b) if b else None for b in buckets]
+        means[0] = values[0] if values[0] is not None else means[0]
+        means[-1] = values[-1] if values[-1] is not None else means[-1]
+        values = means
     vals = [v for v in values if v is not None]
     if not vals:
         return ""
@@ -129,7 +141,9 @@ def show_run(con, r, n_classes: int = 10) -> None:
             row = [f"{s:g}" + (" *" if best is not None and s == best else "")]
             row += [f3(series[k].get(s)) for k, _ in cols]
             t.add_row(*row, style="bold" if s == best else None)
-        t.add_row("trend", *[spark([series[k].get(s) for s in steps]) for k, _ in cols], style="cyan")
+        # the trend cells share the console's width: one step column and two cells of padding between columns
+        width = (con.width - max(len(c) for c in ("trend", *t.columns[0].cells)) - 2 * len(cols)) // len(cols)
+        t.add_row("trend", *[spark([series[k].get(s) for s in steps], width) for k, _ in cols], style="cyan")
         con.print(t)
         con.print("[dim]* best val step" + (" (the saved model)" if r.saved_model else
                                              f" ({_saved_elsewhere(r)})" if r.source == "loratune" else "") + "[/]")

@@ -1,0 +1,75 @@
+"""`loratune show` on long runs: the trend sparklines fit their cells and draw the whole run (cut to the cell, a
+val loss that fell and rose again showed only its fall, beside an overfit verdict about the rise)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loratune.commands.show import SPARK, spark
+
+
+def _u(n: int) -> list[float]:
+    """n points falling to a low at 40% of the run, then rising back most of the way."""
+    return [2.0 - 3.2 * i / n if i / n < 0.4 else 0.72 + 1.5 * (i / n - 0.4) for i in range(1, n + 1)]
+
+
+def test_a_long_u_shaped_series_drawn_in_its_width_ends_high_again():
+    line = spark(_u(40), 20)
+    assert len(line) == 20
+    assert line[-1] in SPARK[5:]  # the late rise (back to 3/4 of the range): the last character a high block
+    low = line.index(SPARK[0])
+    assert 6 <= low <= 9  # the low at 40% of the run
+    assert line[0] == SPARK[-1]  # the first point, drawn as itself
+    assert list(line[low:]) == sorted(line[low:])  # rising from the low to the end
+
+
+def test_the_first_and_last_points_are_drawn_as_themselves_not_as_bucket_means():
+    # a last point far above its bucket's neighbours: a mean would draw it low
+    assert spark([0.0] * 39 + [10.0], 10) == SPARK[0] * 9 + SPARK[-1]
+    assert spark([10.0] + [0.0] * 39, 10) == SPARK[-1] + SPARK[0] * 9
+
+
+@pytest.mark.parametrize("values", [[3, 2, 1, 2, 3], [1.0, None, 0.5, 0.2], [5.0] * 7, list(range(20))])
+def test_short_series_draw_one_character_a_point_as_before(values):
+    assert spark(values, 20) == spark(values)
+    assert spark([3, 2, 1, 2, 3]) == "█▄▁▄█"
+    assert spark([1.0, None, 0.5, 0.2]) == "█ ▃▁"
+
+
+def test_gaps_stay_blank_and_a_series_with_no_values_draws_nothing():
+    assert spark([None] * 30, 10) == ""
+    assert spark([1.0] + [None] * 30 + [0.0], 4) == "█  ▁"
+
+
+def _ushape_state(folder: Path, n: int = 4000) -> Path:
+    """The Trainer's log of a 40-eval run whose val loss falls to step 1600, then rises (hunter's gen_u.py)."""
+    log = []
+    for s in range(50, n + 1, 50):
+        log.append({"epoch": s / 400, "learning_rate": 2e-4, "loss": 2.3 * 2.718 ** (-s / 600) + 0.01, "step": s})
+        if s % 100 == 0:
+            f = s / n
+            log.append({"epoch": s / 400, "eval_loss": 2.0 - 3.2 * f if f < 0.4 else 0.72 + 1.5 * (f - 0.4),
+                        "eval_accuracy": min(0.9, 0.3 + 1.5 * f) if f < 0.4 else 0.9 - 0.3 * (f - 0.4), "step": s})
+    folder.mkdir()
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": n, "max_steps": n, "logging_steps": 50,
+                                                           "eval_steps": 100, "log_history": log}))
+    return folder
+
+
+@pytest.mark.parametrize("columns", [80, 60, 120])
+def test_show_draws_the_late_rise_of_an_overfit_run_at_the_terminals_width(tmp_path, monkeypatch, capsys, columns):
+    from loratune.cli import main
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert main(["show", str(_ushape_state(tmp_path / "ushape"))]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: overfit-capacity" in out
+    trend = next(line for line in out.splitlines() if line.strip().startswith("trend"))
+    assert len(trend) <= columns and "…" not in trend
+    _, train, val, acc = trend.split()
+    assert val[-1] in SPARK[4:] and SPARK[0] in val[1:-1]  # fell to a low, then rose again
+    assert train[0] == SPARK[-1] and train[-1] == SPARK[0]
+    assert acc[0] == SPARK[0] and SPARK[-1] in acc
