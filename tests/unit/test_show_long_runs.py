@@ -73,3 +73,50 @@ def test_show_draws_the_late_rise_of_an_overfit_run_at_the_terminals_width(tmp_p
     assert val[-1] in SPARK[4:] and SPARK[0] in val[1:-1]  # fell to a low, then rose again
     assert train[0] == SPARK[-1] and train[-1] == SPARK[0]
     assert acc[0] == SPARK[0] and SPARK[-1] in acc
+
+
+def _table_steps(out: list[str]) -> list[str]:
+    """The step column of show's eval-point table (the best step marked ' *')."""
+    head = out.index(next(line for line in out if line.strip().startswith("step ")))
+    end = out.index(next(line for line in out[head:] if line.strip().startswith("trend")))
+    return [line.split()[0] for line in out[head + 1:end]]
+
+
+@pytest.mark.parametrize("n, best", [(41, 17), (200, 0), (200, 199), (200, 123), (20001, 4567), (500, None)])
+def test_long_runs_show_evenly_spaced_rows_with_the_first_best_and_last(n, best):
+    from loratune.commands.show import SHOW_EVAL_ROWS, _rows_shown
+
+    steps = [float(10 * i) for i in range(n)]
+    rows = _rows_shown(steps, None if best is None else steps[best])
+    assert len(rows) <= SHOW_EVAL_ROWS and rows == sorted(set(rows))
+    assert rows[0] == steps[0] and rows[-1] == steps[-1] and (best is None or steps[best] in rows)
+    gaps = [b - a for a, b in zip(rows, rows[1:])]
+    even = (steps[-1] - steps[0]) / (SHOW_EVAL_ROWS - 2)
+    assert all(g <= even + 10 for g in gaps)  # no stretch of the run left out (the best only splits one gap)
+    assert _rows_shown(steps[:SHOW_EVAL_ROWS], steps[3]) == steps[:SHOW_EVAL_ROWS]  # up to the cap: every point
+
+
+def test_show_of_a_long_run_prints_a_capped_table_and_says_where_the_rest_are(tmp_path, monkeypatch, capsys):
+    from loratune.cli import main
+    from loratune.commands.show import SHOW_EVAL_ROWS
+
+    monkeypatch.setenv("COLUMNS", "100")
+    folder = _ushape_state(tmp_path / "long", n=40000)  # 400 evals, the val loss lowest at step 16,000
+    assert main(["show", str(folder)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = _table_steps(out)
+    assert len(rows) <= SHOW_EVAL_ROWS and rows[0] == "100" and rows[-1] == "40000"
+    said = (f"{len(rows)} of 400 eval points shown (evenly spaced, with the first, best and last); all in "
+            f"{folder}")
+    assert said.replace(" ", "") in "".join(out).replace(" ", "")  # however the console folded the path
+    trend = next(line for line in out if line.strip().startswith("trend"))
+    assert trend.split()[2][-1] in SPARK[4:]  # the trend still draws every point: the late rise
+
+
+def test_show_of_a_run_within_the_cap_prints_every_row_and_no_note(tmp_path, capsys):
+    from loratune.cli import main
+
+    assert main(["show", str(_ushape_state(tmp_path / "ushape"))]) == 0  # 40 evals
+    out = capsys.readouterr().out
+    assert "eval points shown" not in out
+    assert _table_steps(out.splitlines()) == [str(s) for s in range(100, 4001, 100)]

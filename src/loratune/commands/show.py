@@ -9,6 +9,7 @@ Reads the same plain report data as the HTML report; draws nothing else.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Sequence
 
 from loratune.features import HUGE_VALUE
@@ -51,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 SPARK = "▁▂▃▄▅▆▇█"
+# eval-point rows `show` prints at most: a terminal's view of the essentials (a 20k-eval run printed 20,073 lines, its
+# headline scrolled far out of sight); the rows are evenly spaced and keep the first, best and last points, and the
+# trend sparklines below them draw every point
+SHOW_EVAL_ROWS = 40
 RULE_ENDS = 6  # cells a rich rule keeps beside its title: a space and at least two rule characters each side
 
 
@@ -73,6 +78,15 @@ def spark(values: Sequence[float | None], width: int | None = None) -> str:
     lo, hi = min(vals), max(vals)
     span = hi - lo or 1.0
     return "".join(SPARK[min(7, int((v - lo) / span * 7.999))] if v is not None else " " for v in values)
+
+
+def _rows_shown(steps: Sequence[float], best: Any, cap: int = SHOW_EVAL_ROWS) -> list[float]:
+    """The steps whose eval points get a row: all of them up to `cap`, else `cap` - 1 evenly spaced ones (the first
+    and last among them) and the best."""
+    if len(steps) <= cap:
+        return list(steps)
+    keep = {round(i * (len(steps) - 1) / (cap - 2)) for i in range(cap - 1)}
+    return [s for i, s in enumerate(steps) if i in keep or (best is not None and s == best)]
 
 
 def f3(v: Any) -> str:
@@ -137,7 +151,7 @@ def show_run(con, r, n_classes: int = 10) -> None:
         for _, lab in cols:
             t.add_column(lab, justify="right")
         best = r.best.get("step")
-        for s in steps:
+        for s in _rows_shown(steps, best):
             row = [f"{s:g}" + (" *" if best is not None and s == best else "")]
             row += [f3(series[k].get(s)) for k, _ in cols]
             t.add_row(*row, style="bold" if s == best else None)
@@ -145,6 +159,10 @@ def show_run(con, r, n_classes: int = 10) -> None:
         width = (con.width - max(len(c) for c in ("trend", *t.columns[0].cells)) - 2 * len(cols)) // len(cols)
         t.add_row("trend", *[spark([series[k].get(s) for s in steps], width) for k, _ in cols], style="cyan")
         con.print(t)
+        if len(steps) > SHOW_EVAL_ROWS:
+            where = Path(r.path, "history.jsonl") if r.source == "loratune" else r.path
+            con.print(f"[dim]{len(_rows_shown(steps, best))} of {len(steps)} eval points shown (evenly spaced, with "
+                      f"the first, best and last); all in {safe(str(where))}[/]")
         con.print("[dim]* best val step" + (" (the saved model)" if r.saved_model else
                                              f" ({_saved_elsewhere(r)})" if r.source == "loratune" else "") + "[/]")
 
