@@ -63,25 +63,37 @@ class _Meta(type):
 
 
 class _CountingFloat(float, metaclass=_Meta):
-    """float() as the module calls it, counting the equality tests made between the steps it made."""
+    """float() as the module calls it, counting the look-ups made with the floats it made: each hash (a set's
+    look-up) and each equality test (a list's scan)."""
 
-    compared = 0
-
-    def __new__(cls, *a):
-        return super().__new__(cls, *a)
+    looked = 0
 
     def __eq__(self, other):
-        type(self).compared += 1
+        type(self).looked += 1
         return builtins.float.__eq__(self, other)
 
-    __hash__ = builtins.float.__hash__
+    def __hash__(self):
+        type(self).looked += 1
+        return builtins.float.__hash__(self)
+
+
+def _look_ups(monkeypatch, tmp_path, steps: int) -> int:
+    """The look-ups the interval check of a `steps`-step log (a train log every step) makes with the module's floats."""
+    state = _state(steps)
+    want = _unused_intervals(state, tmp_path, _facts(state))
+    with monkeypatch.context() as m:
+        m.setattr(history_io, "float", _CountingFloat, raising=False)
+        _CountingFloat.looked = 0
+        assert _unused_intervals(state, tmp_path, _facts(state)) == want
+        return _CountingFloat.looked
 
 
 def test_the_interval_check_looks_each_step_up_once(monkeypatch, tmp_path):
-    state = _state(1000)  # a train log at every step
-    want = _unused_intervals(state, tmp_path, _facts(state))
-    monkeypatch.setattr(history_io, "float", _CountingFloat, raising=False)
-    _CountingFloat.compared = 0
-    assert _unused_intervals(state, tmp_path, _facts(state)) == want
-    # a look-up per step: a handful of tests in all; a scan of the steps on the grid per step made ~n^2/2 (~500,000)
-    assert _CountingFloat.compared < 1000
+    n = 250
+    small, large = _look_ups(monkeypatch, tmp_path, n), _look_ups(monkeypatch, tmp_path, 4 * n)
+    # the counter saw every step looked up: steps built some other way (`e["step"] * 1.0`) would hide the scan
+    assert small >= n and large >= 4 * n
+    # the look-ups grow with the log: 4x the steps, ~4x the look-ups; a scan of the steps on the grid per step (a
+    # list's `in`) made ~n^2/2 equality tests, ~16x at 4x the steps. Compared across sizes, not to a fixed limit, so
+    # a linear check's own tests (an `s == 1` per step) do not trip it.
+    assert large < 8 * small
