@@ -120,3 +120,27 @@ def test_show_of_a_run_within_the_cap_prints_every_row_and_no_note(tmp_path, cap
     out = capsys.readouterr().out
     assert "eval points shown" not in out
     assert _table_steps(out.splitlines()) == [str(s) for s in range(100, 4001, 100)]
+
+
+def test_a_bucket_of_values_near_the_largest_float_draws_high_not_a_nan():
+    # an exploded loss (1.7e308) in a bucket: its sum overflowed to inf, the line drew NaN and show crashed
+    line = spark([1.0] * 20 + [1.7e308] * 20 + [1.0] * 20, 6)
+    assert line == SPARK[0] * 2 + SPARK[-1] * 2 + SPARK[0] * 2
+    assert spark([-1.7e308, 1.7e308, 0.0]) == SPARK[0] + SPARK[-1] + SPARK[3]  # a span past the largest float
+
+
+def test_show_of_a_run_whose_val_loss_exploded_to_near_the_largest_float(tmp_path, monkeypatch, capsys):
+    from loratune.cli import main
+
+    monkeypatch.setenv("COLUMNS", "80")
+    folder = _ushape_state(tmp_path / "exploded")
+    state = json.loads((folder / "trainer_state.json").read_text())
+    for e in state["log_history"]:
+        if "eval_loss" in e and 1000 < e["step"] <= 3000:
+            e["eval_loss"] = 1.7e308
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    assert main(["show", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "1.7e+308" in out  # the table's rows
+    val = next(line for line in out.splitlines() if line.strip().startswith("trend")).split()[2]
+    assert val[0] == SPARK[0] and val[-1] == SPARK[0] and SPARK[-1] * 5 in val  # low, exploded in the middle, low

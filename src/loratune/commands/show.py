@@ -9,6 +9,7 @@ Reads the same plain report data as the HTML report; draws nothing else.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -68,7 +69,10 @@ def spark(values: Sequence[float | None], width: int | None = None) -> str:
         width = max(width, 2)
         buckets = [[v for v in values[i * len(values) // width:(i + 1) * len(values) // width] if v is not None]
                    for i in range(width)]
-        means: list[float | None] = [sum(b) / len(b) if b else None for b in buckets]
+        # each value divided before the sum, the mean held within its bucket: a sum of values near the largest float
+        # (an exploded loss, 1.7e308) overflowed to inf and drew a NaN
+        means: list[float | None] = [min(max(math.fsum(v / len(b) for v in b), min(b)), max(b)) if b else None
+                                     for b in buckets]
         means[0] = values[0] if values[0] is not None else means[0]
         means[-1] = values[-1] if values[-1] is not None else means[-1]
         values = means
@@ -76,8 +80,8 @@ def spark(values: Sequence[float | None], width: int | None = None) -> str:
     if not vals:
         return ""
     lo, hi = min(vals), max(vals)
-    span = hi - lo or 1.0
-    return "".join(SPARK[min(7, int((v - lo) / span * 7.999))] if v is not None else " " for v in values)
+    span = hi / 2 - lo / 2 or 1.0  # halved: the span of values near the largest float overflows no more than they do
+    return "".join(SPARK[min(7, int((v / 2 - lo / 2) / span * 7.999))] if v is not None else " " for v in values)
 
 
 def _rows_shown(steps: Sequence[float], best: Any, cap: int = SHOW_EVAL_ROWS) -> list[float]:
