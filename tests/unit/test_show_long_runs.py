@@ -144,3 +144,40 @@ def test_show_of_a_run_whose_val_loss_exploded_to_near_the_largest_float(tmp_pat
     assert "1.7e+308" in out  # the table's rows
     val = next(line for line in out.splitlines() if line.strip().startswith("trend")).split()[2]
     assert val[0] == SPARK[0] and val[-1] == SPARK[0] and SPARK[-1] * 5 in val  # low, exploded in the middle, low
+
+
+def _five_column_run(folder: Path, n: int = 400) -> Path:
+    """A loratune run of n evals with all five table columns (train loss, train-eval loss, val loss, train-eval
+    macro_f1, val macro_f1): the long headers ("train-eval") wider than a narrow console's share; the best step
+    early (the step column "500 *" as wide as "trend")."""
+    folder.mkdir()
+    with open(folder / "history.jsonl", "w") as f:
+        for i in range(n + 1):
+            x = i / n
+            f.write(json.dumps({"step": 10 * i, "epoch": x, "examples_seen": 80 * i, "lr": 2e-4,
+                                **({"train/loss": 2.3 * (1 - x) + 0.01} if i else {}),
+                                "train_eval/n": 100, "train_eval/loss": 2.3 * (1 - x) + 0.01,
+                                "train_eval/accuracy": 0.1 + 0.9 * x, "train_eval/macro_f1": 0.05 + 0.9 * x,
+                                "val/n": 100, "val/loss": 2.3 - 1.5 * x, "val/accuracy": 0.1 + 0.8 * x,
+                                "val/macro_f1": 0.85 if i == n // 8 else 0.05 + 0.8 * min(x * 8, 0.99)}) + "\n")
+    (folder / "run.json").write_text(json.dumps({"status": "completed", "task": "single_label",
+                                                 "labels": [f"l{i}" for i in range(10)], "steps_planned": 10 * n,
+                                                 "steps_done": 10 * n, "eval_every": 10,
+                                                 "config": {"train": {"metric_for_best": "val/macro_f1"}}}))
+    return folder
+
+
+@pytest.mark.parametrize("columns", [*range(40, 61), 80])
+def test_a_five_column_runs_trend_cells_fit_a_narrow_console(tmp_path, monkeypatch, capsys, columns):
+    from loratune.cli import main
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert main(["show", str(_five_column_run(tmp_path / "five"))]) == 0
+    out = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(out) if line.strip().startswith("step "))
+    assert "train-eval" in out[header - 1] or "trai" in out[header - 1]  # the five columns' two-line headers
+    trend = next(line for line in out if line.strip().startswith("trend"))
+    assert len(trend) <= columns and "…" not in trend
+    cells = trend.split()[1:]
+    assert len(cells) == 5 and all(len(c) >= 2 for c in cells)
+    assert [c[0] + c[-1] for c in cells] == [SPARK[-1] + SPARK[0]] * 3 + [SPARK[0] + SPARK[-1]] * 2  # whole curves

@@ -159,9 +159,13 @@ def show_run(con, r, n_classes: int = 10) -> None:
             row = [f"{s:g}" + (" *" if best is not None and s == best else "")]
             row += [f3(series[k].get(s)) for k, _ in cols]
             t.add_row(*row, style="bold" if s == best else None)
-        # the trend cells share the console's width: one step column and two cells of padding between columns
-        width = (con.width - max(len(c) for c in ("trend", *t.columns[0].cells)) - 2 * len(cols)) // len(cols)
-        t.add_row("trend", *[spark([series[k].get(s) for s in steps], width) for k, _ in cols], style="cyan")
+        # the trend cells share the console's width after the step column (and its cell of padding): an even share
+        # each, padding (a cell each side, the last column's right edge none) within it. The share is the level a
+        # too-wide table is cut to (rich narrows its widest columns, the long headers "train-eval loss", down to
+        # the others), whole cells: drawn one wider, a column the rounding cut by one lost its trend's end to "…"
+        level = (con.width - 1 - max(len(c) for c in ("trend", *t.columns[0].cells))) // len(cols)
+        t.add_row("trend", *[spark([series[k].get(s) for s in steps], level - (1 if i == len(cols) - 1 else 2))
+                             for i, (k, _) in enumerate(cols)], style="cyan")
         con.print(t)
         if len(steps) > SHOW_EVAL_ROWS:
             where = Path(r.path, "history.jsonl") if r.source == "loratune" else r.path
