@@ -181,3 +181,22 @@ def test_a_five_column_runs_trend_cells_fit_a_narrow_console(tmp_path, monkeypat
     cells = trend.split()[1:]
     assert len(cells) == 5 and all(len(c) >= 2 for c in cells)
     assert [c[0] + c[-1] for c in cells] == [SPARK[-1] + SPARK[0]] * 3 + [SPARK[0] + SPARK[-1]] * 2  # whole curves
+
+
+@pytest.mark.parametrize("best, kept", [({"step": 4005, "val/macro_f1": 0.9}, "the first and last"),  # off the evals
+                                        (None, "the first, best and last")])  # the best eval, step 500
+def test_the_row_cap_note_names_the_best_only_where_it_has_a_row(tmp_path, monkeypatch, capsys, best, kept):
+    from loratune.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    folder = _five_column_run(tmp_path / "five")
+    if best is not None:
+        run = json.loads((folder / "run.json").read_text())
+        (folder / "run.json").write_text(json.dumps({**run, "best": best}))
+    assert main(["show", str(folder)]) == 0
+    out = capsys.readouterr().out
+    rows = _table_steps(out.splitlines())
+    assert f"{len(rows)} of 401 eval points shown (evenly spaced, with {kept}); all in" in out
+    marked = [line.split()[0] for line in out.splitlines() if line.split()[1:2] == ["*"]]
+    assert marked == ([] if best else ["500"])  # the best's row, marked, only where the note names it
+    assert "4005" not in rows

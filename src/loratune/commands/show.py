@@ -169,8 +169,9 @@ def show_run(con, r, n_classes: int = 10) -> None:
         con.print(t)
         if len(steps) > SHOW_EVAL_ROWS:
             where = Path(r.path, "history.jsonl") if r.source == "loratune" else r.path
+            kept = "the first, best and last" if best in steps else "the first and last"  # a best off the evals: no row
             con.print(f"[dim]{len(_rows_shown(steps, best))} of {len(steps)} eval points shown (evenly spaced, with "
-                      f"the first, best and last); all in {safe(str(where))}[/]")
+                      f"{kept}); all in {safe(str(where))}[/]")
         con.print("[dim]* best val step" + (" (the saved model)" if r.saved_model else
                                              f" ({_saved_elsewhere(r)})" if r.source == "loratune" else "") + "[/]")
 
