@@ -2508,6 +2508,13 @@ def _percent_to_share(points: list[dict], notes: list[str]) -> None:
             notes.append(f"{key} logged on a 0-100 scale: read as a share (/100)")
 
 
+def _finite_mean(values: Sequence[float]) -> float:
+    """The mean of finite values; a sum past the largest float (losses of 1.7e308, an exploded run) is taken of the
+    values each divided by their count first, so the mean stays the finite value it is."""
+    mean = sum(values) / len(values)
+    return mean if math.isfinite(mean) else math.fsum(x / len(values) for x in values)
+
+
 def _window(entries: Sequence[dict]) -> dict:
     out: dict[str, Any] = {}
     losses = [math.nan if nan_filtered_loss(e) else e.get("loss") for e in entries]  # NaN, never 0
@@ -2517,12 +2524,16 @@ def _window(entries: Sequence[dict]) -> dict:
     if len(finite) < len(losses):  # a NaN in the window makes the window non-finite (recorded as null)
         out["train/loss"] = None
     elif finite:
-        out["train/loss"] = sum(finite) / len(finite)
+        out["train/loss"] = _finite_mean(finite)
         out["train/loss_first"] = finite[0]
         out["train/loss_last"] = finite[-1]
         if len(finite) >= 2:
             m = out["train/loss"]
-            out["train/loss_std"] = math.sqrt(sum((x - m) ** 2 for x in finite) / len(finite))
+            try:
+                out["train/loss_std"] = math.sqrt(sum((x - m) ** 2 for x in finite) / len(finite))
+            except OverflowError:  # a deviation near the largest float (a loss of 1.7e308): squared in its own scale
+                scale = max(abs(x - m) for x in finite)
+                out["train/loss_std"] = scale * math.sqrt(sum(((x - m) / scale) ** 2 for x in finite) / len(finite))
     g = [e.get("grad_norm") for e in entries if "grad_norm" in e]
     if g:
         gf = [float(x) for x in g if _fin(x) is not None]

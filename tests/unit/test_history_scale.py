@@ -97,3 +97,34 @@ def test_the_interval_check_looks_each_step_up_once(monkeypatch, tmp_path):
     # list's `in`) made ~n^2/2 equality tests, ~16x at 4x the steps. Compared across sizes, not to a fixed limit, so
     # a linear check's own tests (an `s == 1` per step) do not trip it.
     assert large < 8 * small
+
+
+def test_a_train_log_window_of_losses_near_the_largest_float_reads_finite():
+    from loratune.history_io import _window
+
+    mixed = _window([{"loss": 1.0, "step": 50}, {"loss": 1.7e308, "step": 100}])  # overflowed: OverflowError
+    assert mixed["train/loss"] == pytest.approx(8.5e307) and mixed["train/loss_std"] == pytest.approx(8.5e307)
+    assert (mixed["train/loss_first"], mixed["train/loss_last"]) == (1.0, 1.7e308)
+    exploded = _window([{"loss": 1.7e308, "step": s} for s in (50, 100, 150)])  # the sum was inf
+    assert exploded["train/loss"] == pytest.approx(1.7e308) and math.isfinite(exploded["train/loss"])
+    assert exploded["train/loss_std"] == 0.0
+    plain = _window([{"loss": x, "step": s} for s, x in ((50, 2.0), (100, 1.0), (150, 0.5))])
+    assert plain["train/loss"] == sum((2.0, 1.0, 0.5)) / 3 and plain["train/loss_std"] == pytest.approx(0.62361, 1e-4)
+
+
+@pytest.mark.parametrize("exploded_from, verdict", [(2000, "diverged"), (None, None)])
+def test_diagnose_of_a_trainer_log_whose_loss_reached_the_largest_float(tmp_path, capsys, exploded_from, verdict):
+    from loratune.cli import main
+
+    state = _state(3000, log_every=50)
+    for e in state["log_history"]:
+        if "loss" in e and (1000 <= e["step"] <= 1100 if exploded_from is None else e["step"] >= exploded_from):
+            e["loss"] = 1.7e308  # a spike inside one eval window beside ordinary losses, or the run exploding
+        if "eval_loss" in e and exploded_from is not None and e["step"] >= exploded_from:
+            e["eval_loss"] = 1.7e308
+    (tmp_path / "trainer_state.json").write_text(json.dumps(state))
+    assert main(["diagnose", str(tmp_path)]) == 0  # was: OverflowError in the window's train/loss_std
+    out = capsys.readouterr().out
+    assert "Traceback" not in out and "verdict: " in out
+    if verdict:
+        assert f"verdict: {verdict}" in out and "train loss: " in out and "-> 1.7e+308" in out
