@@ -2358,3 +2358,32 @@ def test_a_curve_that_climbs_stays_on_scale_and_an_off_scale_point_is_captioned(
     assert max(float(t) for t in re.findall(r'text-anchor="end">([\d.]+)</text>', svg)) >= 3
     assert '<div class="muted small">▲ 1 point off scale (max 850 at optimizer step 500), drawn at the top edge</div>' \
         in svg
+
+
+def test_a_spike_in_a_long_log_stays_off_scale_with_its_logged_value_and_step(tmp_path):
+    """thin_line averaged a spike into its bucket before the off-scale rule saw it (review of the visual fixes): a
+    loss of 850 at step 10,001 of a 20k-step log (2.3 -> 0.3) drew no off-scale mark, the bucket mean 22.7 set the
+    axis to ~22 and flattened every curve; at 200k steps a 1e4 spike read 'max 26.5 at step 100k' (never logged). An
+    off-scale point of the raw log is in no mean: it stays as logged, marked at the top edge and captioned."""
+    from loratune.report import charts as ch
+
+    log = []
+    for s in range(1, 20001):
+        log.append({"step": s, "epoch": s / 20000, "loss": 850.0 if s == 10001 else 0.3 + 2.0 * math.exp(-s / 5000),
+                    "learning_rate": 1e-4})
+        if s % 1000 == 0:
+            log.append({"step": s, "epoch": s / 20000, "eval_loss": 0.5 + 1.8 * math.exp(-s / 6000),
+                        "eval_accuracy": 0.5})
+    report = build_report_of(write_trainer_state(tmp_path / "spike", log, 20000))
+    train = next(c for c in report.curves[0].curves if c.key == "train/loss")
+    assert [p for p in train.logged if p[1] > 2.31] == [(10001.0, 850.0)]  # as logged, in no bucket's mean
+    svg = loss_svg(report)
+    assert [t.split(" (axis top")[0] for t in svg_titles(svg, "offscale")] == [
+        "train (as logged): off-scale 850 at optimizer step 10k"]
+    assert max(float(t) for t in re.findall(r'text-anchor="end">([\d.]+)</text>', svg)) < 3
+    assert "▲ 1 point off scale (max 850 at optimizer step 10k), drawn at the top edge" in svg
+    big = [(float(s), 1e4 if s == 100001 else 1.5) for s in range(1, 200001)]
+    thin = ch.thin_line(big)
+    assert (100001.0, 1e4) in thin and max(y for x, y in thin if x != 100001.0) == 1.5
+    assert len(thin) <= ch.LINE_POINTS + 3
+

@@ -325,25 +325,38 @@ LINE_POINTS = 500
 def thin_line(points: Sequence[tuple[float, float]], breaks: Sequence[float] = (),
               n: int = LINE_POINTS) -> tuple[tuple[float, float], ...]:
     """`points` (x order) as about `n`: the mean of the points in each of n equal x ranges, the first and the last
-    point as they are, no range spanning a break (a non-finite step, which keeps its own mark). As they are when
+    point as they are, no range spanning a break (a non-finite step, which keeps its own mark). An off-scale point of
+    the raw line (offscale_points: a spike, a divergence) is in no mean: it stays as logged, the largest of a range's
+    (a mean hid a loss of 850 among 20k values of 0.3-2.3 and set the axis to its bucket's 22.7). As they are when
     there are no more than `n`."""
     pts = tuple(points)
     if len(pts) <= n:
         return pts
+    off = (offscale_points([Series("", "", pts)]) or [set()])[0]
     x0, x1 = pts[0][0], pts[-1][0]
     width = (x1 - x0) / n or 1.0
     bad = sorted(breaks)
-    out, key, sx, sy, k, j = [pts[0]], None, 0.0, 0.0, 0, 0
-    for x, y in pts[1:-1]:
+    out: list[tuple[float, float]] = [pts[0]]
+    key, mx, my, k, top, j = None, 0.0, 0.0, 0, None, 0
+
+    def flush() -> None:
+        here = ([(mx / k, my / k)] if k else []) + ([top] if top else [])
+        out.extend(sorted(here))
+
+    for i in range(1, len(pts) - 1):
+        x, y = pts[i]
         while j < len(bad) and bad[j] <= x:  # the breaks passed so far: a range never spans one
             j += 1
         here = (j, int((x - x0) / width))
-        if here != key and k:
-            out.append((sx / k, sy / k))
-            sx, sy, k = 0.0, 0.0, 0
-        key, sx, sy, k = here, sx + x, sy + y, k + 1
-    if k:
-        out.append((sx / k, sy / k))
+        if here != key:
+            flush()
+            key, mx, my, k, top = here, 0.0, 0.0, 0, None
+        if i in off:  # as logged, the range's largest
+            if top is None or y > top[1]:
+                top = (x, y)
+        else:
+            k, mx, my = k + 1, mx + x, my + y
+    flush()
     out.append(pts[-1])
     return tuple(out)
 
