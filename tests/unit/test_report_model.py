@@ -2387,3 +2387,11 @@ def test_a_spike_in_a_long_log_stays_off_scale_with_its_logged_value_and_step(tm
     assert (100001.0, 1e4) in thin and max(y for x, y in thin if x != 100001.0) == 1.5
     assert len(thin) <= ch.LINE_POINTS + 3
 
+
+def test_thin_line_means_do_not_overflow_at_the_largest_floats():
+    """A bucket's sum of 1e308s overflowed to inf: 500 of 502 points of a 2,000-point line at 1e308 dropped silently
+    as non-finite (review of the visual fixes). The means run: each bucket's is 1e308."""
+    from loratune.report import charts as ch
+
+    thin = ch.thin_line([(float(s), 1e308) for s in range(2000)])
+    assert len(thin) == ch.LINE_POINTS + 2 and all(y == 1e308 for _, y in thin)

@@ -340,7 +340,7 @@ def thin_line(points: Sequence[tuple[float, float]], breaks: Sequence[float] = (
     key, mx, my, k, top, j = None, 0.0, 0.0, 0, None, 0
 
     def flush() -> None:
-        here = ([(mx / k, my / k)] if k else []) + ([top] if top else [])
+        here = ([(mx, my)] if k else []) + ([top] if top else [])
         out.extend(sorted(here))
 
     for i in range(1, len(pts) - 1):
@@ -354,8 +354,9 @@ def thin_line(points: Sequence[tuple[float, float]], breaks: Sequence[float] = (
         if i in off:  # as logged, the range's largest
             if top is None or y > top[1]:
                 top = (x, y)
-        else:
-            k, mx, my = k + 1, mx + x, my + y
+        else:  # a running mean: a sum of 1e308s overflowed to inf
+            k += 1
+            mx, my = mx + (x - mx) / k, my + (y - my) / k
     flush()
     out.append(pts[-1])
     return tuple(out)
