@@ -2395,3 +2395,17 @@ def test_thin_line_means_do_not_overflow_at_the_largest_floats():
 
     thin = ch.thin_line([(float(s), 1e308) for s in range(2000)])
     assert len(thin) == ch.LINE_POINTS + 2 and all(y == 1e308 for _, y in thin)
+
+
+def test_train_and_val_non_finite_marks_at_the_same_steps_do_not_hide_each_other():
+    """Every series' non-finite marks were drawn at the same y (the top edge + 4): a train and a val loss both NaN
+    from step 300 drew one cross over the other (second review of the visual fixes). Each series with non-finite
+    marks has its own row, charts.NONFINITE_ROW_PX apart."""
+    from loratune.report import charts as ch
+
+    svg = ch.line_chart([ch.Series("train", "s-train", [(s, 2.0 - s / 1000) for s in range(0, 300, 10)],
+                                   nonfinite=[float(s) for s in range(300, 401, 10)]),
+                         ch.Series("val", "s-val", [(s, 2.1 - s / 1000) for s in range(0, 300, 100)],
+                                   nonfinite=[300.0, 400.0])], offscale=True)
+    ys = [float(y) for y in re.findall(r'class="nonfinite"><title>[^<]*</title><path d="M[\d.]+,([\d.]+)', svg)]
+    assert len(ys) == 2 and ys[1] - ys[0] == ch.NONFINITE_ROW_PX

@@ -391,6 +391,10 @@ def nonfinite_runs(xs: Sequence[float], breaks: Sequence[float]) -> list[tuple[f
     return runs
 
 
+# the rows of non-finite marks at a chart's top edge, one per series: a cross is 8 px tall
+NONFINITE_ROW_PX = 9
+
+
 def line_chart(series: Sequence[Series], *, width: int = 560, height: int = 280, x_label: str = "step",
                y_label: str = "", y_lo: float | None = None, y_hi: float | None = None, x_lo: float | None = None,
                x_hi: float | None = None, log_x: bool = False, log_y: bool = False,
@@ -406,6 +410,7 @@ def line_chart(series: Sequence[Series], *, width: int = 560, height: int = 280,
     f = _frame(width, height, xs, ys, x_lo=x_lo, x_hi=x_hi, y_lo=y_lo, y_hi=y_hi, log_x=log_x, log_y=log_y)
     body = [_axes(f, x_label, y_label, x_fmt, y_fmt), _marks(f, vlines, bands)]
     y_top = max(f.y.lo, f.y.hi)
+    row = 0  # the how-many-th series with non-finite marks: each its own row at the top edge
     for s, ks in zip(series, off):
         keep = [k for k, (x, y) in enumerate(s.points) if y is not None and math.isfinite(y) and (not log_x or x > 0)]
         pts = [s.points[k] for k in keep]
@@ -426,9 +431,12 @@ def line_chart(series: Sequence[Series], *, width: int = 560, height: int = 280,
             elif s.markers:
                 tip = s.titles[k] if s.titles and k < len(s.titles) else f"{s.label}: {x_label} {x_fmt(x)}, {fmt(y, 4)}"
                 body.append(f'<circle class="dot" cx="{px:.1f}" cy="{py:.1f}" r="3"><title>{esc(tip)}</title></circle>')
-        # non-finite: a cross at the top edge; a run of them (no finite point between) one span, a cross at each end
-        for a, b, k in nonfinite_runs([x for x, _ in pts], bad):
-            pa, pb, py = f.x(a), f.x(b), f.top + 4
+        # non-finite: a cross at the top edge; a run of them (no finite point between) one span, a cross at each end;
+        # a second series' marks a row lower (train's and val's at the same steps hid each other)
+        runs = nonfinite_runs([x for x, _ in pts], bad)
+        py, row = f.top + 4 + NONFINITE_ROW_PX * row, row + bool(runs)
+        for a, b, k in runs:
+            pa, pb = f.x(a), f.x(b)
             tip = (f"{s.label}: non-finite (nan/inf) at {x_label} {x_fmt(a)}" if k == 1 else
                    f"{s.label}: non-finite (nan/inf) from {x_label} {x_fmt(a)} to {x_fmt(b)} ({k:,} points)")
             d = f"M{pa - 4:.1f},{py - 4:.1f}l8,8m0,-8l-8,8"
