@@ -162,3 +162,20 @@ def card_recipe(run_dir: Path, scope: dict, after: str = "") -> dict:
     finally:
         os.chdir(here)
     return scope
+
+
+def run_on(monkeypatch, encoding: str, argv: list[str]) -> tuple[int, str]:
+    """main(argv) with stdout a stream of that encoding (strict, as Python's own stdout is): exit code, output
+    (Windows redirects stdout as cp1252, LC_ALL=C gives ASCII)."""
+    import io
+    import sys
+
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding=encoding, errors="strict", write_through=True)
+    monkeypatch.setattr(sys, "stdout", out)
+    from loratune.cli import main
+
+    code = main(argv)
+    out.flush()
+    monkeypatch.undo()
+    return code, raw.getvalue().decode(encoding)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from loratune.errors import NAME_MAX, PATH_MAX, UserError
+from loratune.listing import encodable
 
 # Order is the order shown in `loratune --help`.
 COMMAND_MODULES = (
@@ -75,7 +76,9 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
 
 
 class _ReaderMayLeave:
-    """sys.stdout / sys.stderr for one command: once the reader of the stream is gone (`loratune train ... | head -1`)
+    """sys.stdout / sys.stderr for one command: what is written is what the stream's encoding can write
+    (listing.encodable: a glyph as its ASCII fallback, other text escaped; stdout redirected as cp1252 on Windows or
+    ASCII under LC_ALL=C ended a command with a UnicodeEncodeError). Once the reader of the stream is gone (`loratune train ... | head -1`)
     what is written to it is dropped and the command runs on to its end, so it exits with its own code (a completed
     run exited 1, which says the run failed, when the pipe closed before its summary was printed)."""
 
@@ -86,7 +89,7 @@ class _ReaderMayLeave:
     def write(self, text):
         if not self.gone:
             try:
-                return self._stream.write(text)
+                return self._stream.write(encodable(text, getattr(self._stream, "encoding", None)))
             except BrokenPipeError:
                 self._reader_left()
         return len(text)

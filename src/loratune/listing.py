@@ -72,6 +72,49 @@ def code_span(text) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
+# the glyphs loratune's views print, each with the ASCII it is written as on a stream that cannot encode it (Windows
+# redirects stdout as cp1252, LC_ALL=C gives ASCII): a view prints its glyph; the CLI's stdout and stderr write it
+# through `encodable` (cli._ReaderMayLeave), so no view carries a fallback of its own
+ASCII_GLYPHS = {
+    "\u2713": "+", "\u2717": "x",  # a clause that passed / failed (diagnose, show)
+    # a sparkline's eight levels (show's trend row) as an ASCII ramp
+    "\u2581": "_", "\u2582": ".", "\u2583": ",", "\u2584": "-", "\u2585": "~", "\u2586": "=", "\u2587": "*",
+    "\u2588": "#",
+    "\u2013": "-", "\u2014": "--", "\u2212": "-", "\u2026": "...", "\u00b7": "-", "\u00b1": "+/-",
+    "\u2192": "->", "\u2190": "<-", "\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'",
+    "\u2264": "<=", "\u2265": ">=", "\u2248": "~", "\u00d7": "x", "\u25cf": "*", "\u26a0": "!",
+    "\u2500": "-", "\u2502": "|",  # rich's rule and table lines where it draws them regardless
+}
+
+
+def encodable(text: str, encoding: str | None) -> str:
+    """The text as a stream of that encoding can write it: each character it cannot encode as its ASCII_GLYPHS
+    fallback, any other (a label "заказ" on cp1252, a lone surrogate) as its backslash escape; the text itself where
+    it encodes (the common case: one encode). A UnicodeEncodeError ended `diagnose`, `show`, `rules`... with a
+    traceback when stdout was not UTF-8."""
+    if not encoding:
+        return text
+    try:
+        text.encode(encoding)
+        return text
+    except LookupError:  # an encoding Python does not know: as written
+        return text
+    except UnicodeEncodeError:
+        pass
+
+    def fits(ch: str) -> bool:
+        try:
+            ch.encode(encoding)
+            return True
+        except UnicodeEncodeError:
+            return False
+
+    swap = {ch: ASCII_GLYPHS[ch] for ch in set(text) if ch in ASCII_GLYPHS and not fits(ch)}
+    if swap:
+        text = text.translate(str.maketrans(swap))
+    return text.encode(encoding, "backslashreplace").decode(encoding)
+
+
 def console(stderr: bool = False, soft_wrap: bool = False, highlight: bool = False):
     """The rich console loratune prints through, the one every command (and a run's progress lines) makes: emoji
     codes are left as written (rich's default turned a label ":warning: pin" into "⚠ pin" in predict's answers,

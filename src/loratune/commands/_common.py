@@ -81,10 +81,15 @@ def label_shown(label) -> str:
     return safe(label_text(label))
 
 
-def print_json(data) -> None:
+JSON_OUT = {"indent": 2, "ensure_ascii": True}  # every JSON a command prints: non-ASCII as \u escapes, so it reads
+#                                               back the same whatever the stream's encoding (cp1252, ASCII)
+
+
+def print_json(data, default=None) -> None:
+    """The one way a command prints JSON on stdout (JSON_OUT)."""
     from loratune.store import json_safe
 
-    json.dump(json_safe(data), sys.stdout, indent=2, ensure_ascii=False)
+    json.dump(json_safe(data), sys.stdout, default=default, **JSON_OUT)
     sys.stdout.write("\n")
 
 
@@ -96,7 +101,7 @@ def print_json_items(chunks) -> None:
     sep = "[\n"
     for chunk in chunks:
         for item in chunk:
-            sys.stdout.write(sep + "  " + json.dumps(json_safe(item), indent=2, ensure_ascii=False).replace("\n", "\n  "))
+            sys.stdout.write(sep + "  " + json.dumps(json_safe(item), **JSON_OUT).replace("\n", "\n  "))
             sep = ",\n"
     sys.stdout.write("[]\n" if sep == "[\n" else "\n]\n")
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from loratune.commands._common import add_config_args, add_thresholds_arg, console, load_cfg, piped, safe
+from loratune.commands._common import add_config_args, add_thresholds_arg, console, load_cfg, piped, print_json, safe
 from loratune.errors import UserError
 from loratune.store import write_atomic
 from loratune.listing import LABEL_JOIN, label_text
@@ -74,8 +73,7 @@ def _emit(args, data: dict, summary) -> int:
             raise UserError(f"cannot write the assessment to '{out}' ({exc.strerror or exc})",
                             "give --out a writable file path") from None
     if args.json:
-        json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
-        sys.stdout.write("\n")
+        print_json(data)
     else:
         summary(console(soft_wrap=piped()))  # a listing's line whole when piped, as predict's and evaluate's
         if args.out:

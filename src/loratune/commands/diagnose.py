@@ -10,7 +10,6 @@ knob (learning_rate, r, seed, lora_alpha) are also compared. Imports no torch.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from loratune.commands._common import add_thresholds_arg
@@ -52,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
             "thresholds_overridden": dict((comparison or diagnoses[0]).thresholds_overridden),
             "thresholds_not_used": unused,
         }
-        print(json.dumps(out, indent=2, default=str))
+        from loratune.commands._common import print_json
+
+        print_json(out, default=str)
         return 0
     from loratune.commands._diagnose_view import render
 

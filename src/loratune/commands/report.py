@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
                 write_html(run, Path(t.run_dir) / "report.html")
         report = build_report(args.path)  # now with links to the trial reports
     if args.json and not args.output:
-        json.dump(report.to_dict(), sys.stdout, indent=2, ensure_ascii=False, default=str)
-        sys.stdout.write("\n")
+        from loratune.commands._common import print_json
+
+        print_json(report.to_dict(), default=str)
         return 0
     from loratune.assess.text import printable  # (an ESC in the path reached the terminal raw)
     from loratune.report import report_output

@@ -4,7 +4,6 @@ and data findings) and theirs; with --features the feature and assess fact catal
 from __future__ import annotations
 
 import argparse
-import json
 
 from loratune.commands._common import add_thresholds_arg
 
@@ -54,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
             out["features"] = {n: {"group": s.group, "unit": s.unit, "doc": s.doc}
                                for cat in (FEATURES, COMPARE_FEATURES) for n, s in cat.items()}
             out["assess_facts"] = {n: {"unit": f.unit, "meaning": f.meaning} for n, f in assess_facts.items()}
-        print(json.dumps(out, indent=2))
+        from loratune.commands._common import print_json
+
+        print_json(out)
         return 0
 
     from rich.markup import escape
