@@ -467,7 +467,7 @@ _TEMPORARY = re.compile(r"\.tmp-(?:([0-9a-f]{12})-)?(\d+)(\.npy)?$")
 def _namespace_tag() -> str:
     """Where this process's pid names it: the host, its boot, its PID namespace (12 hex digits of their hash)."""
     parts = [socket.gethostname()]
-    for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+    for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text(encoding="utf-8").strip(),
                  lambda: os.readlink("/proc/self/ns/pid")):
         try:
             parts.append(read())

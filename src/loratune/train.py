@@ -534,7 +534,7 @@ def cpu_cores() -> int:
     torch neither oversubscribes a limited container nor idles allowed cores."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        quota, period = open("/sys/fs/cgroup/cpu.max", encoding="utf-8").read().split()[:2]
         if quota != "max":
             cores = min(cores, max(1, int(int(quota) / int(period))))
     except (OSError, ValueError):
@@ -1538,7 +1538,7 @@ def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool, pick: CardPi
         # adapter_config.json the same way, and takes the same overrides)
         load = ("import json\n\nfrom peft import PeftModel\nfrom transformers import "
                 "AutoModelForSequenceClassification, AutoTokenizer\n\n"
-                "labels = json.load(open(\"adapter/label_map.json\"))[\"labels\"]  # the head's order\n"
+                "labels = json.load(open(\"adapter/label_map.json\", encoding=\"utf-8\"))[\"labels\"]  # the head's order\n"
                 "head = dict(num_labels=len(labels), id2label=dict(enumerate(labels)), "
                 "label2id={label: i for i, label in enumerate(labels)}"
                 + (', problem_type="multi_label_classification"' if space.multi_label else "")

@@ -774,3 +774,25 @@ def test_a_resume_searches_the_studys_own_space_when_todays_rules_give_another(t
     assert [d["choices"] for d in kept["space"]["dims"]] == [[5e-3, 2e-2]]  # kept for the next resume
     said = [json.loads(x) for x in (study / "decisions.jsonl").read_text().splitlines() if '"space"' in x]
     assert [d["data"]["dims"][0]["choices"] for d in said if d["kind"] == "space"] == [[5e-3, 2e-2]]
+
+
+def test_a_resume_of_a_finished_study_reads_its_summary_as_utf8_whatever_the_locale(tiny_bert, intent_data, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """tune --resume of a finished study read final/study.json (written as UTF-8) in the locale's encoding: under
+    a non-UTF-8 locale (LC_ALL=C without UTF-8 mode: ASCII) a study whose summary holds a non-ASCII character (its
+    folder's name here) ended with a UnicodeDecodeError traceback. Every file loratune wrote is read as UTF-8."""
+    from pathlib import Path as P
+
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    study = tmp_path / "étude"
+    assert main(_tune_args(tiny_bert, intent_data, study, "--budget", "2trials", "--trial-steps", "4")) == 0
+    assert not (study / "final" / "study.json").read_bytes().isascii()
+    read_text = P.read_text
+
+    def in_ascii_locale(self, encoding=None, errors=None):  # what a read without encoding= gets under LC_ALL=C
+        return read_text(self, encoding=encoding or "ascii", errors=errors)
+
+    monkeypatch.setattr(P, "read_text", in_ascii_locale)
+    capsys.readouterr()
+    assert main(["tune", "--resume", "--study-dir", str(study), "-q"]) == 0
+    assert "is finished: nothing to resume" in " ".join(capsys.readouterr().out.split())

@@ -214,7 +214,7 @@ def reset_peak_memory() -> float | None:
     except (OSError, AttributeError):
         pass
     try:
-        with open("/proc/self/clear_refs", "w") as f:
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
             f.write("5")
     except OSError:
         return None

@@ -245,7 +245,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
             ui.note(f"the study in {study_dir} is finished: nothing to resume (its summary: {summary_path}); give a "
                     "larger --budget to continue it")
             # the summary's this-session time was its last session's: this one trained nothing
-            return {**summary_here(json.loads(summary_path.read_text()), study, study_dir),
+            return {**summary_here(json.loads(summary_path.read_text(encoding="utf-8")), study, study_dir),
                     "wall_s_session": round(time.perf_counter() - t_start, 2)}
         # a study begun before tune refused a full base: its trials crash on tune's own LoRA moves (a finished one
         # printed its summary above)
@@ -585,7 +585,7 @@ def resumed_text(lost: list[dict]) -> tuple[str, str, list[str]]:
 def _recorded_spent_s(path: Path) -> float | None:
     """The wall time a study's last summary says was spent (None: no summary, or none readable)."""
     try:
-        spent = json.loads(path.read_text())["budget"]["spent"]["wall_s"]
+        spent = json.loads(path.read_text(encoding="utf-8"))["budget"]["spent"]["wall_s"]
     except (OSError, *PARSE_ERRORS, KeyError, TypeError):
         return None
     return float(spent) if isinstance(spent, (int, float)) else None
