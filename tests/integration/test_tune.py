@@ -796,3 +796,35 @@ def test_a_resume_of_a_finished_study_reads_its_summary_as_utf8_whatever_the_loc
     capsys.readouterr()
     assert main(["tune", "--resume", "--study-dir", str(study), "-q"]) == 0
     assert "is finished: nothing to resume" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_trials_tables_keep_each_verdict_and_status_whole_at_80_columns(tiny_bert, intent_data, tmp_path,
+                                                                           monkeypatch):
+    """tune's trials table and `show STUDY`'s cut the verdict at 80 columns (a file, a CI log): lr-too-large and
+    lr-too-small both read 'lr-too…' ('lr-too-l…' in show), the status 'compl…'. Both are whole now; the other
+    columns fold."""
+    import dataclasses
+    import io
+
+    from rich.console import Console
+
+    from loratune.commands.tune import print_summary
+    from loratune.report import build_report
+    from loratune.report.study import show_study
+
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    study = tmp_path / "study"
+    assert main(_tune_args(tiny_bert, intent_data, study, "--budget", "2trials", "--trial-steps", "4")) == 0
+    verdicts = ["lr-too-large", "lr-too-small"]
+    s = json.loads((study / "final" / "study.json").read_text(encoding="utf-8"))
+    s["trials"] = [{**t, "verdict": v} for t, v in zip(s["trials"], verdicts)]
+    tune_out, show_out = io.StringIO(), io.StringIO()
+    print_summary(Console(file=tune_out, width=80), s)
+    r = build_report(study)
+    r = dataclasses.replace(r, trials=tuple(dataclasses.replace(t, verdict=v) for t, v in zip(r.trials, verdicts)))
+    show_study(Console(file=show_out, width=80), r)
+    tables = [tune_out.getvalue().split("recommendation:")[0],
+              show_out.getvalue().split("\ntrials ")[1].split("\nrank vs")[0]]
+    for table in tables:
+        assert all(table.count(v) == 1 for v in verdicts), table
+        assert table.count("completed") == 2 and "…" not in table, table

@@ -73,6 +73,15 @@ def piped() -> bool:
     return not sys.stdout.isatty()
 
 
+def add_whole_column(table, header: str, cells, **kwargs) -> None:
+    """A column of a table whose cells are read as ids (a trial's status, its verdict): never cut or folded, at
+    least as wide as its longest cell (plain text); the table's other columns fold to make room. At 80 columns
+    (a file, a CI log) rich cut lr-too-large and lr-too-small alike to 'lr-too…'."""
+    from rich.cells import cell_len
+
+    table.add_column(header, no_wrap=True, min_width=max(map(cell_len, [header, *map(str, cells)])), **kwargs)
+
+
 def label_shown(label) -> str:
     """A label as a line or a table cell shows it (rich markup, safe): listing.label_text's one rule, quoted where
     a comma, quote or line break would misstate the labels (a label "bal\\nance" broke show's table into two rows)."""

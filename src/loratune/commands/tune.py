@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from loratune.objectives import objective, pick_test_score
-from loratune.commands._common import add_config_args, add_thresholds_arg, console, load_cfg, safe
+from loratune.commands._common import (add_config_args, add_thresholds_arg, add_whole_column, console, load_cfg,
+                                       safe)
 from loratune.config import EMBEDDED_MODEL
 from loratune.listing import shell_path
 from loratune.models import install_command
@@ -331,7 +332,10 @@ def print_summary(out, s: dict) -> None:
     obj = objective(s.get("objective"))
     t = Table(title=f"trials ({s['strategy']})")
     for col in ("#", "name", "phase", "status", obj.name, "examples", "wall s", "step s", "verdict"):
-        t.add_column(col)
+        if col in ("status", "verdict"):  # read as ids: whole; the others fold
+            add_whole_column(t, col, (row[col] for row in s["trials"]))
+        else:
+            t.add_column(col, overflow="fold")
     for row in s["trials"]:
         v = row.get("objective_value", row["val_macro_f1"])
         t.add_row(str(row["trial"]), safe(row["name"]), row["phase"], row["status"],

@@ -761,7 +761,7 @@ def _f3(v: Any) -> str:
 
 
 def show_study(con, s: StudyReport) -> None:
-    from loratune.commands._common import safe  # markup and non-printables escaped (an ESC in a name: raw)
+    from loratune.commands._common import add_whole_column, safe  # markup and non-printables escaped (an ESC in a name: raw)
     from rich.table import Table
 
     state = "[green]finished[/]" if s.finished else "[yellow]not finished[/]"
@@ -795,7 +795,10 @@ def show_study(con, s: StudyReport) -> None:
     t = Table(header_style="bold", box=None, pad_edge=False)
     for col, j in (("#", "right"), ("name", "left"), ("phase", "left"), ("status", "left"), (o.name, "right"),
                    ("best so far", "right"), ("examples", "right"), ("wall", "right"), ("verdict", "left")):
-        t.add_column(col, justify=j)
+        if col in ("status", "verdict"):  # read as ids: whole (tune's table the same); the others fold
+            add_whole_column(t, col, (getattr(tr, col) for tr in s.trials), justify=j)
+        else:
+            t.add_column(col, justify=j, overflow="fold")
     best_so_far = {p.trial: p for p in s.best_vs_compute}
     for tr in s.trials:
         b = best_so_far.get(tr.number)
