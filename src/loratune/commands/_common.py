@@ -73,6 +73,29 @@ def piped() -> bool:
     return not sys.stdout.isatty()
 
 
+RULE_ENDS = 6  # cells a rich rule keeps beside its title: a space and at least two rule characters each side
+
+
+def heading(con, title: str, details: str = "") -> None:
+    """A run's or a study's heading (rich markup): a rule with the title and its details where they fit the width;
+    else the rule with the title and the details on a line of their own; a title too long for a rule (a long run
+    name) on its own line under a bare rule, whole (rich's rule cut it at the width: runs ...seed42 and ...seed43
+    had the same heading)."""
+    def fits(markup: str) -> bool:
+        return con.render_str(markup, highlight=False).cell_len + RULE_ENDS <= con.width  # as printed
+
+    if details and fits(f"{title}  {details}"):
+        con.rule(f"{title}  {details}")
+        return
+    if fits(title):
+        con.rule(title)
+    else:
+        con.rule()
+        con.print(title, soft_wrap=True)  # one line, whole: the terminal folds it, a file keeps it
+    if details:
+        con.print(details)
+
+
 def add_whole_column(table, header: str, cells, **kwargs) -> None:
     """A column of a table whose cells are read as ids (a trial's status, its verdict): never cut or folded, at
     least as wide as its longest cell (plain text); the table's other columns fold to make room. At 80 columns

@@ -7,7 +7,7 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from loratune.commands._common import console as make_console, safe
+from loratune.commands._common import console as make_console, heading, safe
 from loratune.diagnose import MEASURES, Comparison, Diagnosis, Finding
 from loratune.features import FEATURES, format_value
 from loratune.rules import RULES, moves_text
@@ -49,8 +49,8 @@ def _rule_features() -> set[str]:
 
 def render_diagnosis(console: Console, d: Diagnosis) -> None:
     n_pts = int(d.features.values.get("n_eval_points") or 0)
-    console.rule(f"[bold]{safe(d.run)}[/]  [dim]{d.source}, {n_pts} eval points, "
-                 f"{_f(d, 'steps')} {d.step_unit}s[/]")
+    heading(console, f"[bold]{safe(d.run)}[/]", f"[dim]{d.source}, {n_pts} eval points, {_f(d, 'steps')} "
+                     f"{d.step_unit}s[/]")  # the run's name whole, however long
     p = d.primary
     if p:
         console.print(f"verdict: [bold]{safe(p.rule_id)}[/]  next move: [bold cyan]{safe(moves_text(p.rule_id, p.moves))}[/]")

@@ -57,7 +57,6 @@ SPARK = "▁▂▃▄▅▆▇█"
 # headline scrolled far out of sight); the rows are evenly spaced and keep the first, best and last points, and the
 # trend sparklines below them draw every point
 SHOW_EVAL_ROWS = 40
-RULE_ENDS = 6  # cells a rich rule keeps beside its title: a space and at least two rule characters each side
 
 
 def spark(values: Sequence[float | None], width: int | None = None) -> str:
@@ -106,7 +105,7 @@ def _h(n: Any) -> str:
 
 
 def show_run(con, r, n_classes: int = 10) -> None:
-    from loratune.commands._common import safe
+    from loratune.commands._common import heading, safe
     from loratune.rules import moves_text
     from rich.table import Table
     from rich.text import Text
@@ -115,11 +114,7 @@ def show_run(con, r, n_classes: int = 10) -> None:
     kind = "causal-lm" if r.open_generation else f"{r.n_classes or '?'} classes"
     title = f"[bold]{safe(r.name)}[/]  [{tone}]{safe(r.status)}[/]"
     details = f"[dim]{safe(r.model_name)} · {safe(r.method)} · {safe(r.dataset)} · {kind}[/]"
-    if con.render_str(f"{title}  {details}", highlight=False).cell_len + RULE_ENDS <= con.width:  # as printed
-        con.rule(f"{title}  {details}")
-    else:  # a rule is one line and cuts its title: a long one keeps the name there and gives the rest a line of its own
-        con.rule(title)
-        con.print(details)
+    heading(con, title, details)  # the name whole, however long
     m, o = r.metric, r.objective
     scores = f"final {f3(r.final.get(m))} · start {f3(r.start_metric)}"
     unsaved = f" ({_saved_elsewhere(r)})" if r.source == "loratune" and not r.saved_model and r.best else ""

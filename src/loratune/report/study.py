@@ -761,11 +761,11 @@ def _f3(v: Any) -> str:
 
 
 def show_study(con, s: StudyReport) -> None:
-    from loratune.commands._common import add_whole_column, safe  # markup and non-printables escaped (an ESC in a name: raw)
+    from loratune.commands._common import add_whole_column, heading, safe  # markup and non-printables escaped (an ESC in a name: raw)
     from rich.table import Table
 
     state = "[green]finished[/]" if s.finished else "[yellow]not finished[/]"
-    con.rule(f"[bold]study {safe(s.name)}[/]  {state}  [dim]{safe(s.strategy)} · {trial_count(s.trials)}[/]")
+    heading(con, f"[bold]study {safe(s.name)}[/]", f"{state}  [dim]{safe(s.strategy)} · {trial_count(s.trials)}[/]")
     con.print(f"[dim]{safe(s.budget)}[/]")
     if s.thresholds_line:
         con.print(f"[dim]{safe(s.thresholds_line)}[/]")
