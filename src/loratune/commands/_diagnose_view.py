@@ -106,10 +106,12 @@ def render_comparison(console: Console, c: Comparison) -> None:
     if c.groups:
         t = Table(show_header=True, header_style="bold")
         lower = " (lower is better)" if MEASURES[c.measure] < 0 else ""
+        # each run on a line of its own, folded where it is longer than the cell: the knob's value and the metric
+        # are what the table compares (rich's default ellipsis cut them: `lrsmall-b77-1e-6=1e-0…`)
         for col in ("knob", f"runs (value: {c.measure}{lower})", "effect", "effect / noise"):
-            t.add_column(col)
+            t.add_column(col, overflow="fold")
         for g in c.groups:
-            runs = ", ".join(f"{r}={v}: {m:.3f}" if m is not None else f"{r}={v}: ?" for r, v, m, _ in g.runs)
+            runs = "\n".join(f"{r}={v}: {m:.3f}" if m is not None else f"{r}={v}: ?" for r, v, m, _ in g.runs)
             eff = f"{g.effect:.3f}" if g.effect is not None else "?"
             # against the group's own noise, shown beside it (a group's noise is its own runs', not the pooled line's)
             ratio = (f"{en:.1f}" if (en := g.effect_noise()) is not None else "?") + \
