@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loratune.commands._common import add_config_args, console, human, load_cfg, safe
+from loratune.commands._common import add_config_args, console, human, load_cfg, piped, safe
 from loratune.config import EMBEDDED_MODEL
 from loratune.models import install_command
 
@@ -202,7 +202,9 @@ def print_next_steps(out, run_dir: str, status: str | None = None) -> None:
     width = max(len(c) for c, _ in steps)
     out.print("next:")
     for cmd, what in steps:
-        out.print(f"  {safe(cmd)}{' ' * (width - len(cmd))}  [dim]{what}[/]")  # (a path in cmd: safe, as written)
+        # (a path in cmd: safe, as written); whole on its line when piped, a command to paste (a listing's rule:
+        # rich broke `loratune diagnose ` and a long path into two lines in a file)
+        out.print(f"  {safe(cmd)}{' ' * (width - len(cmd))}  [dim]{what}[/]", soft_wrap=piped())
 
 
 def _verdict_text(finding) -> str:
