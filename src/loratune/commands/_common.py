@@ -96,13 +96,51 @@ def heading(con, title: str, details: str = "") -> None:
         con.print(details)
 
 
-def add_whole_column(table, header: str, cells, **kwargs) -> None:
-    """A column of a table whose cells are read as ids (a trial's status, its verdict): never cut or folded, at
-    least as wide as its longest cell (plain text); the table's other columns fold to make room. At 80 columns
-    (a file, a CI log) rich cut lr-too-large and lr-too-small alike to 'lr-too…'."""
-    from rich.cells import cell_len
+FOLD_MIN = 4  # cells a folding column (a name, a phase) keeps at least when an id column is weighed whole
 
-    table.add_column(header, no_wrap=True, min_width=max(map(cell_len, [header, *map(str, cells)])), **kwargs)
+
+def fill_table(con, table, columns, rows) -> None:
+    """The columns and rows of a table of trials (tune's, show STUDY's): columns are (header, kind, justify), kind
+    "number" (#, a score, examples, wall: never folded, as wide as its longest value; its header wraps at its words),
+    "id" (a status, a verdict: whole where the width allows, else folded) or "text" (a name, a phase: folds);
+    rows are rich markup cells. What stays whole at a narrow width, in order: the numbers, the ids, the text. At 80
+    columns rich cut lr-too-large and lr-too-small alike to 'lr-too…'; the verdict kept whole at any cost folded a
+    score `0.35` `5` over two lines."""
+    from rich.cells import cell_len
+    from rich.text import Text
+
+    rows = [list(r) for r in rows]
+
+    def longest(i: int) -> int:
+        return max((Text.from_markup(r[i]).cell_len for r in rows), default=0)
+
+    def words(header: str) -> int:
+        return max(map(cell_len, header.split()), default=0)
+
+    for header, _, justify in columns:  # (added now for the table's padding below; widths set after)
+        table.add_column(Text(header, overflow="fold"), justify=justify, overflow="fold")
+    # rich's table: padding per column and its lines (no public measure of a table's fixed part)
+    room = con.width - table._extra_width - sum(table._get_padding_width(i) for i in range(len(columns)))
+    folding = sum(min(longest(i), FOLD_MIN) for i, (_, kind, _) in enumerate(columns) if kind == "text")
+    ids = [i for i, (_, kind, _) in enumerate(columns) if kind == "id"][::-1]  # the verdict first, then the status
+    for roomy in (True, False):  # the numbers' headers whole at their words where the ids fit so, else the values
+        width = {i: max(longest(i), words(h) if roomy else 0, 1) for i, (h, kind, _) in enumerate(columns)
+                 if kind == "number"}
+        used, whole, more = sum(width.values()) + folding, {}, 0
+        for i in ids:  # whole where it fits, else it folds with the text
+            w = max(longest(i), words(columns[i][0]))
+            if used + w <= room:
+                whole[i], used = w, used + w
+            else:
+                more, used = more + 1, used + min(w, FOLD_MIN)
+        if not more:
+            break
+    for i, w in width.items():
+        table.columns[i].width = w
+    for i, w in whole.items():
+        table.columns[i].no_wrap, table.columns[i].min_width = True, w
+    for r in rows:
+        table.add_row(*r)
 
 
 def label_shown(label) -> str:

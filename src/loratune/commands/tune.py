@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from loratune.objectives import objective, pick_test_score
-from loratune.commands._common import (add_config_args, add_thresholds_arg, add_whole_column, console, load_cfg,
+from loratune.commands._common import (add_config_args, add_thresholds_arg, console, fill_table, load_cfg,
                                        safe)
 from loratune.config import EMBEDDED_MODEL
 from loratune.listing import shell_path
@@ -331,17 +331,16 @@ def print_summary(out, s: dict) -> None:
 
     obj = objective(s.get("objective"))
     t = Table(title=f"trials ({s['strategy']})")
-    for col in ("#", "name", "phase", "status", obj.name, "examples", "wall s", "step s", "verdict"):
-        if col in ("status", "verdict"):  # read as ids: whole; the others fold
-            add_whole_column(t, col, (row[col] for row in s["trials"]))
-        else:
-            t.add_column(col, overflow="fold")
+    rows = []
     for row in s["trials"]:
         v = row.get("objective_value", row["val_macro_f1"])
-        t.add_row(str(row["trial"]), safe(row["name"]), row["phase"], row["status"],
-                  "-" if v is None else f"{v:.3f}", f"{row['examples']:,}",
-                  f"{row['wall_s']:.0f}", "-" if not row["mean_step_s"] else f"{row['mean_step_s']:.3f}",
-                  safe(row["verdict"]))
+        rows.append((str(row["trial"]), safe(row["name"]), safe(row["phase"]), safe(row["status"]),
+                     "-" if v is None else f"{v:.3f}", f"{row['examples']:,}",
+                     f"{row['wall_s']:.0f}", "-" if not row["mean_step_s"] else f"{row['mean_step_s']:.3f}",
+                     safe(row["verdict"])))
+    fill_table(out, t, [("#", "number", "left"), ("name", "text", "left"), ("phase", "text", "left"),
+                        ("status", "id", "left"), (obj.name, "number", "left"), ("examples", "number", "left"),
+                        ("wall s", "number", "left"), ("step s", "number", "left"), ("verdict", "id", "left")], rows)
     out.print(t)
     if s.get("thresholds_overridden"):
         from loratune.rules import overrides_text

@@ -761,7 +761,7 @@ def _f3(v: Any) -> str:
 
 
 def show_study(con, s: StudyReport) -> None:
-    from loratune.commands._common import add_whole_column, heading, safe  # markup and non-printables escaped (an ESC in a name: raw)
+    from loratune.commands._common import fill_table, heading, safe  # markup and non-printables escaped (an ESC in a name: raw)
     from rich.table import Table
 
     state = "[green]finished[/]" if s.finished else "[yellow]not finished[/]"
@@ -793,18 +793,18 @@ def show_study(con, s: StudyReport) -> None:
 
     con.rule("[bold]trials[/]", align="left")
     t = Table(header_style="bold", box=None, pad_edge=False)
-    for col, j in (("#", "right"), ("name", "left"), ("phase", "left"), ("status", "left"), (o.name, "right"),
-                   ("best so far", "right"), ("examples", "right"), ("wall", "right"), ("verdict", "left")):
-        if col in ("status", "verdict"):  # read as ids: whole (tune's table the same); the others fold
-            add_whole_column(t, col, (getattr(tr, col) for tr in s.trials), justify=j)
-        else:
-            t.add_column(col, justify=j, overflow="fold")
     best_so_far = {p.trial: p for p in s.best_vs_compute}
+    rows = []
     for tr in s.trials:
         b = best_so_far.get(tr.number)
-        t.add_row(str(tr.number), safe(tr.name), safe(tr.phase), safe(tr.status), _f3(tr.value),
-                  _f3(b.best_so_far) if b else "–", f"{tr.examples:,}" if tr.examples is not None else "–",
-                  f"{tr.wall_s:.0f}s" if tr.wall_s is not None else "–", safe(tr.verdict))
+        rows.append((str(tr.number), safe(tr.name), safe(tr.phase), safe(tr.status), _f3(tr.value),
+                     _f3(b.best_so_far) if b else "–", f"{tr.examples:,}" if tr.examples is not None else "–",
+                     f"{tr.wall_s:.0f}s" if tr.wall_s is not None else "–", safe(tr.verdict)))
+    # the numbers whole, then status and verdict (tune's table the same: _common.fill_table)
+    fill_table(con, t, [("#", "number", "right"), ("name", "text", "left"), ("phase", "text", "left"),
+                        ("status", "id", "left"), (o.name, "number", "right"), ("best so far", "number", "right"),
+                        ("examples", "number", "right"), ("wall", "number", "right"), ("verdict", "id", "left")],
+               rows)
     con.print(t)
 
     con.rule(f"[bold]rank vs {safe(o.name)}[/]", align="left")
