@@ -68,3 +68,24 @@ def test_json_is_ascii_and_reads_as_the_utf8_runs(monkeypatch, encoding, argv):
 def test_encodable_writes_each_glyph_as_its_fallback_and_escapes_the_rest(text, encoding, written):
     assert encodable(text, encoding) == written
     written.encode(encoding)
+
+
+def test_json_on_a_utf8_stream_is_written_as_it_is(monkeypatch):
+    """JSON_OUT's ensure_ascii made every JSON \\u-escaped on a UTF-8 stream too (predict --json printed 'caf\\u00e9'):
+    escapes only where the stream cannot write the text; both parse to the same."""
+    _, utf8 = run_on(monkeypatch, "utf-8", ["rules", "--json"])
+    assert not utf8.isascii() and "\\u" not in utf8  # literal characters
+    for encoding in ("cp1252", "ascii"):
+        _, escaped = run_on(monkeypatch, encoding, ["rules", "--json"])
+        assert escaped.isascii() and "\\u" in escaped
+        assert json.loads(escaped) == json.loads(utf8)
+
+    from loratune.commands._common import json_out
+
+    class Stream:
+        def __init__(self, encoding):
+            self.encoding = encoding
+
+    assert [json_out(Stream(e))["ensure_ascii"] for e in ("utf-8", "UTF8", "cp1252", "ascii", None, "nope")] == \
+        [False, False, True, True, True, True]
+    assert json.dumps({"label": "café"}, **json_out(Stream("utf-8"))) == '{\n  "label": "café"\n}'

@@ -151,15 +151,25 @@ def label_shown(label) -> str:
     return safe(label_text(label))
 
 
-JSON_OUT = {"indent": 2, "ensure_ascii": True}  # every JSON a command prints: non-ASCII as \u escapes, so it reads
-#                                               back the same whatever the stream's encoding (cp1252, ASCII)
+def json_out(stream=None) -> dict:
+    """How every JSON a command prints is written (print_json, print_json_items): UTF-8 as it is on a UTF-8 stream
+    (a label café reads café); non-ASCII as \\u escapes on any other (cp1252, ASCII under LC_ALL=C), which parse to
+    the same JSON (encodable's backslash escape of a label made it a different string)."""
+    import codecs
+
+    encoding = getattr(stream if stream is not None else sys.stdout, "encoding", None)
+    try:
+        utf8 = codecs.lookup(encoding).name == "utf-8" if encoding else False
+    except LookupError:
+        utf8 = False
+    return {"indent": 2, "ensure_ascii": not utf8}
 
 
 def print_json(data, default=None) -> None:
-    """The one way a command prints JSON on stdout (JSON_OUT)."""
+    """The one way a command prints JSON on stdout (json_out)."""
     from loratune.store import json_safe
 
-    json.dump(json_safe(data), sys.stdout, default=default, **JSON_OUT)
+    json.dump(json_safe(data), sys.stdout, default=default, **json_out())
     sys.stdout.write("\n")
 
 
@@ -168,10 +178,10 @@ def print_json_items(chunks) -> None:
     output starts at once and is never held whole."""
     from loratune.store import json_safe
 
-    sep = "[\n"
+    sep, how = "[\n", json_out()
     for chunk in chunks:
         for item in chunk:
-            sys.stdout.write(sep + "  " + json.dumps(json_safe(item), **JSON_OUT).replace("\n", "\n  "))
+            sys.stdout.write(sep + "  " + json.dumps(json_safe(item), **how).replace("\n", "\n  "))
             sep = ",\n"
     sys.stdout.write("[]\n" if sep == "[\n" else "\n]\n")
 
