@@ -169,17 +169,20 @@ def refuse_to_replace(out: Path, option: str, what: str, allowed: tuple[str, ...
 
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` whole or not at all (a temporary file renamed over it). A path that is no regular file
-    (`-o /dev/null`, `/dev/stdout`, a FIFO) is written through: renamed over, /dev/null became a regular file."""
+    (`-o /dev/null`, `/dev/stdout`, a FIFO) is written through: renamed over, /dev/null became a regular file.
+    UTF-8, a lone surrogate as the byte it stands for (surrogateescape): a path argv decoded under LC_ALL=C
+    (output_dir 'runé' as 'run\\udcc3\\udca9') written in a record is its original bytes (train and report -o
+    crashed with a UnicodeEncodeError)."""
     path = Path(path)
     if path.exists() and not path.is_file() and not path.is_dir():
-        with open(path, "w", encoding="utf-8") as f:
+        with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(text)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a record is as readable as any file
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

@@ -320,3 +320,16 @@ def test_a_run_killed_between_its_config_and_its_first_record_leaves_a_folder_a_
         RunStore(mine).create("seed: 2\n")
     assert "a config.yaml that no loratune run wrote (no loratune run.json beside it)" in info.value.problem
     assert (mine / CONFIG).read_text() == "# my settings\nseed: 1\n"
+
+
+def test_write_atomic_writes_a_surrogate_escaped_path_as_its_bytes(tmp_path):
+    """Under LC_ALL=C (PYTHONUTF8=0) argv decodes 'runé' as 'run\\udcc3\\udca9': train's records and report -o
+    crashed writing it (UnicodeEncodeError: surrogates not allowed). Written as the original bytes now."""
+    import json as _json
+
+    from loratune.store import write_atomic, write_json
+
+    write_atomic(tmp_path / "t.txt", "output_dir: run\udcc3\udca9\n")
+    assert (tmp_path / "t.txt").read_bytes() == b"output_dir: run\xc3\xa9\n"
+    write_json(tmp_path / "t.json", {"output_dir": "run\udcc3\udca9"})
+    assert _json.loads((tmp_path / "t.json").read_text(encoding="utf-8")) == {"output_dir": "runé"}
