@@ -2369,8 +2369,8 @@ def test_a_spike_in_a_long_log_stays_off_scale_with_its_logged_value_and_step(tm
 
     log = []
     for s in range(1, 20001):
-        log.append({"step": s, "epoch": s / 20000, "loss": 850.0 if s == 10001 else 0.3 + 2.0 * math.exp(-s / 5000),
-                    "learning_rate": 1e-4})
+        log.append({"step": s, "epoch": s / 20000, "loss": 850.0 if s == 10001 else float("nan")
+                    if 15000 <= s <= 15009 else 0.3 + 2.0 * math.exp(-s / 5000), "learning_rate": 1e-4})
         if s % 1000 == 0:
             log.append({"step": s, "epoch": s / 20000, "eval_loss": 0.5 + 1.8 * math.exp(-s / 6000),
                         "eval_accuracy": 0.5})
@@ -2378,10 +2378,15 @@ def test_a_spike_in_a_long_log_stays_off_scale_with_its_logged_value_and_step(tm
     train = next(c for c in report.curves[0].curves if c.key == "train/loss")
     assert [p for p in train.logged if p[1] > 2.31] == [(10001.0, 850.0)]  # as logged, in no bucket's mean
     svg = loss_svg(report)
+    # the exact steps in the tooltips and the caption (the ticks' compact '10k' read a spike at 10,001 as 'step 10k'
+    # and NaN at 15,000-15,009 as 'from step 15k to 15k'); the ticks stay compact
     assert [t.split(" (axis top")[0] for t in svg_titles(svg, "offscale")] == [
-        "train (as logged): off-scale 850 at optimizer step 10k"]
+        "train (as logged): off-scale 850 at optimizer step 10,001"]
     assert max(float(t) for t in re.findall(r'text-anchor="end">([\d.]+)</text>', svg)) < 3
-    assert "▲ 1 point off scale (max 850 at optimizer step 10k), drawn at the top edge" in svg
+    assert "▲ 1 point off scale (max 850 at optimizer step 10,001), drawn at the top edge" in svg
+    assert re.findall(r'class="nonfinite"><title>([^<]*)</title>', svg) == [
+        "train (as logged): non-finite (nan/inf) from optimizer step 15,000 to 15,009 (10 points)"]
+    assert "10k" in x_ticks(svg) and "10,000" not in x_ticks(svg)
     big = [(float(s), 1e4 if s == 100001 else 1.5) for s in range(1, 200001)]
     thin = ch.thin_line(big)
     assert (100001.0, 1e4) in thin and max(y for x, y in thin if x != 100001.0) == 1.5

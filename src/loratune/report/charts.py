@@ -40,6 +40,15 @@ def fmt(v: float | None, digits: int = 3) -> str:
     return f"{v:.1e}".replace("e-0", "e-")
 
 
+def fmt_exact(v: float) -> str:
+    """A step as it is, thousands separated (10,001; 15,000): what a tooltip or a caption names is one point, which
+    fmt's compact tick text misnames (a spike at step 10,001 read 'step 10k', a NaN run 15,000-15,009 'from 15k to
+    15k'). Ticks keep fmt."""
+    if not math.isfinite(v):
+        return fmt(v)
+    return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.6g}"
+
+
 def fmt_sci(v: float) -> str:
     """A tick in scientific notation, every significant digit of it and no more (a learning-rate axis: 1.5e-3,
     2.5e-4, 2e-3; 0 as 0): nice_ticks' steps (1, 2, 2.5, 5 x 10^k) need up to 3 digits, so one digit read a 1.5e-3
@@ -400,9 +409,11 @@ def line_chart(series: Sequence[Series], *, width: int = 560, height: int = 280,
                x_hi: float | None = None, log_x: bool = False, log_y: bool = False,
                vlines: Sequence[VLine] = (), bands: Sequence[Band] = (), aria: str = "line chart",
                x_fmt: Callable[[float], str] = fmt, y_fmt: Callable[[float], str] = fmt,
-               offscale: bool = False) -> str:
+               offscale: bool = False, tip_fmt: Callable[[float], str] | None = None) -> str:
     """`offscale`: off-scale values (offscale_points, OFFSCALE_RATIO) set no axis and are drawn at the top edge, marked.
-    Each series' non-finite steps (Series.nonfinite) are marked at the top edge and break its line."""
+    Each series' non-finite steps (Series.nonfinite) are marked at the top edge and break its line. `tip_fmt`: the x
+    values in tooltips (fmt_exact for steps; x_fmt when None), x_fmt the ticks'."""
+    tip_fmt = tip_fmt or x_fmt
     off = (offscale_points(series) if offscale and y_hi is None and not log_y else None) or [set() for _ in series]
     xs = [x for s in series for x, _ in s.points] + [x for s in series for x in s.nonfinite] + [v.x for v in vlines]
     ys = ([y for s, ks in zip(series, off) for k, (_, y) in enumerate(s.points) if k not in ks]
@@ -426,10 +437,10 @@ def line_chart(series: Sequence[Series], *, width: int = 560, height: int = 280,
             body.append(f'<path class="line" d="{_path([at[p] for p in seg], s.step)}"{dash}/>')
         for k, ((x, y), (px, py)) in enumerate(zip(pts, coords)):
             if k in high:  # off-scale: at the top edge, an up-triangle, the value in the tooltip
-                tip = f"{s.label}: off-scale {fmt(y, 4)} at {x_label} {x_fmt(x)} (axis top {fmt(y_top, 4)})"
+                tip = f"{s.label}: off-scale {fmt(y, 4)} at {x_label} {tip_fmt(x)} (axis top {fmt(y_top, 4)})"
                 body.append(f'<path class="offscale" d="M{px:.1f},{py - 1:.1f}l-5,8h10z"><title>{esc(tip)}</title></path>')
             elif s.markers:
-                tip = s.titles[k] if s.titles and k < len(s.titles) else f"{s.label}: {x_label} {x_fmt(x)}, {fmt(y, 4)}"
+                tip = s.titles[k] if s.titles and k < len(s.titles) else f"{s.label}: {x_label} {tip_fmt(x)}, {fmt(y, 4)}"
                 body.append(f'<circle class="dot" cx="{px:.1f}" cy="{py:.1f}" r="3"><title>{esc(tip)}</title></circle>')
         # non-finite: a cross at the top edge; a run of them (no finite point between) one span, a cross at each end;
         # a second series' marks a row lower (train's and val's at the same steps hid each other)
@@ -437,8 +448,8 @@ def line_chart(series: Sequence[Series], *, width: int = 560, height: int = 280,
         py, row = f.top + 4 + NONFINITE_ROW_PX * row, row + bool(runs)
         for a, b, k in runs:
             pa, pb = f.x(a), f.x(b)
-            tip = (f"{s.label}: non-finite (nan/inf) at {x_label} {x_fmt(a)}" if k == 1 else
-                   f"{s.label}: non-finite (nan/inf) from {x_label} {x_fmt(a)} to {x_fmt(b)} ({k:,} points)")
+            tip = (f"{s.label}: non-finite (nan/inf) at {x_label} {tip_fmt(a)}" if k == 1 else
+                   f"{s.label}: non-finite (nan/inf) from {x_label} {tip_fmt(a)} to {tip_fmt(b)} ({k:,} points)")
             d = f"M{pa - 4:.1f},{py - 4:.1f}l8,8m0,-8l-8,8"
             if k == 1:
                 body.append(f'<path class="nonfinite" d="{d}"><title>{esc(tip)}</title></path>')

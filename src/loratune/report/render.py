@@ -51,9 +51,11 @@ def curve_figure(panel: CurvePanel, *, width: int = 540, height: int = 270, epoc
     # the in-scale values (charts.OFFSCALE_RATIO: a spike or a divergence is marked at the top edge)
     svg = ch.line_chart(series, width=width, height=height, x_label="optimizer step", y_label=panel.y_label,
                         y_lo=y_lo, y_hi=y_hi, x_lo=0.0, vlines=vlines, aria=panel.title,
-                        y_fmt=ch.fmt_sci if panel.id == "lr" else ch.fmt, offscale=panel.id == "loss")
-    # off-scale points' values are in their tooltips, which a printed page loses: a caption says them
-    off = ch.offscale_caption(series, "optimizer step") if panel.id == "loss" else ""
+                        y_fmt=ch.fmt_sci if panel.id == "lr" else ch.fmt, offscale=panel.id == "loss",
+                        tip_fmt=ch.fmt_exact)
+    # off-scale points' values are in their tooltips, which a printed page loses: a caption says them (the exact
+    # step: the ticks' compact 10k named a spike at step 10,001)
+    off = ch.offscale_caption(series, "optimizer step", ch.fmt_exact) if panel.id == "loss" else ""
     caption = f'<div class="muted small">{esc(off)}</div>' if off else ""
     return (f'<figure data-chart="{esc(panel.id)}"><figcaption>{esc(panel.title)}'
             f'{" <span class=sub>" + esc(epoch_note) + "</span>" if epoch_note else ""}</figcaption>'
