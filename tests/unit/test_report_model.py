@@ -2414,3 +2414,22 @@ def test_train_and_val_non_finite_marks_at_the_same_steps_do_not_hide_each_other
                                    nonfinite=[300.0, 400.0])], offscale=True)
     ys = [float(y) for y in re.findall(r'class="nonfinite"><title>[^<]*</title><path d="M[\d.]+,([\d.]+)', svg)]
     assert len(ys) == 2 and ys[1] - ys[0] == ch.NONFINITE_ROW_PX
+
+
+def test_the_curves_note_says_what_a_sources_train_loss_is(tmp_path):
+    """Every non-loratune report said its train loss was 'a line of the training loss as logged ... about one point
+    per pixel', yet a CSV has no training log: its train curve is the value at each eval point, legend 'train
+    (running mean)' (review of the integrated branch). The note follows the curve: from the log, or at eval points."""
+    def text(r) -> str:
+        return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", render_run(r)))
+
+    csv = build_report_of(Path(__file__).resolve().parents[1] / "fixtures" / "wrappers"
+                          / "st_training_progress_scores.csv")
+    assert [c.label for c in csv.curves[0].curves if c.key == "train/loss"] == ["train (running mean)"]
+    assert "training loss as logged" not in text(csv) and "one point per pixel" not in text(csv)
+    assert ("the train loss is the value recorded with each eval point (the run has no per-step training log)"
+            in text(csv))
+    log = [{"step": s, "epoch": s / 100, "loss": 2.0 - s / 100, "learning_rate": 1e-4} for s in range(10, 101, 10)]
+    log += [{"step": s, "epoch": s / 100, "eval_loss": 1.5, "eval_accuracy": 0.6} for s in (50, 100)]
+    logged = build_report_of(write_trainer_state(tmp_path / "logged", log, 100))
+    assert "the train loss is a line of the training loss as logged" in text(logged)

@@ -440,6 +440,24 @@ def run_summary(r: RunReport) -> str:
             f'<div class="tiles">{"".join(tiles)}</div>{notes}</section>')
 
 
+def curves_note(r: RunReport) -> str:
+    """The Curves section's line: what its train loss is. A loratune run scores a train subsample; another source's
+    train loss is a line drawn from its training log (Curve.from_log) or, without one (a CSV, a callback record),
+    the value recorded with each eval point (every CSV was told 'a line of the training loss as logged')."""
+    if r.source == "loratune":
+        return ("Every marker is an eval point. Train (eval subsample) is scored exactly like validation, so the gap "
+                "between the two is the generalisation gap.")
+    train = next((c for p in r.curves if p.id == "loss" for c in p.curves if c.key == "train/loss"), None)
+    if train is None:
+        return "Every marker is an eval point."
+    if train.from_log:
+        return ("Every marker is an eval point; the train loss is a line of the training loss as logged (each a mean "
+                "over its logging window; a long log drawn as about one point per pixel), not a scored train "
+                "subsample.")
+    return ("Every marker is an eval point; the train loss is the value recorded with each eval point (the run has "
+            "no per-step training log), not a scored train subsample.")
+
+
 def render_run(r: RunReport) -> str:
     method = "full fine-tuning" if r.method == "full" else "method unknown" if r.method == "unknown" else "LoRA" + next(
         (f" r={p.value}" for p in r.params if p.key == "r"), "")
@@ -461,12 +479,7 @@ def render_run(r: RunReport) -> str:
         lr = next((p for p in r.curves if p.id == "lr"), None)
         lr_html = (f"<details><summary>Learning-rate schedule</summary>{curve_figure(lr, height=200)}</details>"
                    if lr else "")
-        curves = section("curves", "Curves", "Every marker is an eval point. Train (eval subsample) is scored "
-                         "exactly like validation, so the gap between the two is the generalisation gap."
-                         if r.source == "loratune" else "Every marker is an eval point; the train loss is a "
-                         "line of the training loss as logged (each a mean over its logging window; a long log drawn "
-                         "as about one point per pixel), not a scored train subsample.",
-                         f'<div class="grid2">{"".join(figs)}</div>{lr_html}')
+        curves = section("curves", "Curves", curves_note(r), f'<div class="grid2">{"".join(figs)}</div>{lr_html}')
     else:
         curves = section("curves", "Curves", "", missing("no eval points yet"))
     classes = "" if generative else (classes_section(r.classes, r.metric, r.saved_model and r.classes.step is not None
