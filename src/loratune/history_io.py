@@ -3343,9 +3343,13 @@ def _csv_windows(rows: Iterable[dict], read: _CsvRead, counted: Iterable[str], s
 
 
 def _csv_column_notes(header: list[str], mapping: dict[int, str]) -> list[str]:
-    """What a CSV's columns were read as, and which were not read."""
-    notes = ["CSV columns mapped: " + ", ".join(f"{header[i]!r} -> {k}" for i, k in mapping.items())]
-    unused = [h for i, h in enumerate(header) if i not in mapping]
+    """What a CSV's columns were read as, and which were not read. A train_runtime column (CSV_END_COLUMNS) is read
+    for the end-of-training entry (_csv_end_entry): read, so never listed as ignored (z/end.csv's note said
+    "ignored: 'train_runtime'" while that column decided the run finished)."""
+    read = {**mapping, **{i: END_ENTRY_READ for i, h in enumerate(header) if _norm(h) in CSV_END_COLUMNS
+                          and i not in mapping}}
+    notes = ["CSV columns mapped: " + ", ".join(f"{header[i]!r} -> {k}" for i, k in sorted(read.items()))]
+    unused = [h for i, h in enumerate(header) if i not in read]
     if unused:
         notes.append(f"CSV columns ignored: {', '.join(map(repr, unused))}")
     return notes
@@ -3703,6 +3707,7 @@ def read_csv(path: str | Path) -> RunHistory:
 CSV_NO_END_ENTRY_NOTE = ("no end-of-training entry (a train_runtime value) in the CSV: whether the run ended is "
                          "unknown, so it is read to its last row, stopped short or not")
 CSV_END_COLUMNS = ("train_runtime", "train_train_runtime")  # _norm'd names of the Trainer's end-entry column
+END_ENTRY_READ = "end of training (whether the run finished)"  # what the mapping note says such a column is read as
 
 
 def _csv_end_entry(header: Sequence[str], rows: Iterable[Sequence[str]]) -> bool:

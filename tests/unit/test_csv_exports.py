@@ -574,3 +574,23 @@ def test_a_long_format_export_with_a_split_column_keeps_the_pivot_help(tmp_path,
     err = " ".join(capsys.readouterr().err.split())
     assert "is in long format, one row per logged value (the metric's name in 'key', its value in 'value')" in err
     assert "pivot it to a row per step" in err and "Traceback" not in err
+
+
+def test_a_train_runtime_column_read_for_the_end_entry_is_not_listed_as_ignored(tmp_path):
+    """A CSV's train_runtime column decides that the run finished (_csv_end_entry), yet its note said 'CSV columns
+    ignored: 'train_runtime'' (review of the integrated branch). The mapping note says what it is read as."""
+    from loratune.history_io import END_UNKNOWN_KEY
+
+    p = _write(tmp_path / "end.csv", "step,loss,eval_loss,eval_accuracy,train_runtime",
+               [(10, 2.0, "", "", ""), (10, "", 1.9, 0.3, ""), (20, 1.5, "", "", ""), (20, "", 1.4, 0.5, ""),
+                (20, "", "", "", 12.5)])
+    h = load_run(p)
+    assert END_UNKNOWN_KEY not in h.meta  # the column was read: the run finished
+    assert not any(n.startswith("CSV columns ignored") for n in h.notes)
+    assert h.notes[0] == ("CSV columns mapped: 'step' -> step, 'loss' -> train/loss, 'eval_loss' -> val/loss, "
+                          "'eval_accuracy' -> val/accuracy, 'train_runtime' -> end of training (whether the run "
+                          "finished)")
+    # without a value it is still read (and found no end entry): not ignored either
+    p = _write(tmp_path / "noend.csv", "step,loss,train_runtime,extra", [(10, 2.0, "", 1), (20, 1.5, "", 2)])
+    h = load_run(p)
+    assert END_UNKNOWN_KEY in h.meta and "CSV columns ignored: 'extra'" in h.notes
