@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from loratune.errors import (  # noqa: F401 (NAME_MAX, check_name_length: read from store too)
     NAME_MAX, PARSE_ERRORS, UserError, check_name_length, parse_problem)
+from loratune.versions import older_than
 
 HISTORY = "history.jsonl"
 RUN = "run.json"
@@ -78,9 +79,9 @@ TRAINER_LR_CLOCK_SINCE = (4, 51)
 def trainer_logs_next_lr(transformers_version: Any) -> bool:
     """Whether a Trainer of this transformers version (a run.json's `versions`, a config.json's
     `transformers_version`) logged at step s the rate step s + 1 uses: a release before TRAINER_LR_CLOCK_SINCE (its
-    dev builds included). False where the version is unknown or no version: the rate step s used, as since then."""
-    m = re.match(r"\s*v?(\d+)\.(\d+)", transformers_version) if isinstance(transformers_version, str) else None
-    return m is not None and (int(m[1]), int(m[2])) < TRAINER_LR_CLOCK_SINCE
+    dev builds included: 4.51.0.dev0 may predate the change, versions.older_than's PEP 440 order). False where the
+    version is unknown or no version: the rate step s used, as since then."""
+    return older_than(transformers_version, TRAINER_LR_CLOCK_SINCE)
 
 
 def lr_logs_next_step(run: Any) -> bool:

@@ -9,6 +9,8 @@ records and configs (diagnose, compare, rules, plan, show, params) runs on any t
 from __future__ import annotations
 
 import importlib.util
+import re
+from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
@@ -32,14 +34,26 @@ def importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def below_floor(found: str) -> bool:
-    """Whether a version is older than TRANSFORMERS_FLOOR by pip's rule (PEP 440, packaging's Version): 5.1.0.dev0
-    and 5.1.0rc1 come before 5.1, so `transformers>=5.1` does not take them either. A version PEP 440 cannot read is
-    not judged (False)."""
-    try:
-        return Version(found) < Version(TRANSFORMERS_FLOOR)
-    except InvalidVersion:
+def older_than(found: Any, floor: str | tuple[int, ...]) -> bool:
+    """Whether a version string is older than `floor` ("5.1" or (4, 51)) by pip's rule (PEP 440, packaging's
+    Version): dev builds and pre-releases of the floor come before it (4.51.0.dev0 < 4.51, as 5.1.0rc1 < 5.1). The one
+    comparison of versions (below_floor; store.trainer_logs_next_lr read 4.51.0.dev0 as 4.51 by a regex while this
+    read it as older). A string PEP 440 cannot read is compared by its leading release numbers (4.46.3-custom as
+    4.46.3); no string, or none there: not judged (False)."""
+    if not isinstance(found, str):
         return False
+    bound = Version(floor if isinstance(floor, str) else ".".join(map(str, floor)))
+    try:
+        return Version(found) < bound
+    except InvalidVersion:
+        m = re.match(r"\s*[vV]?(\d+(?:\.\d+)*)", found)
+        return m is not None and Version(m[1]) < bound
+
+
+def below_floor(found: str) -> bool:
+    """Whether a version is older than TRANSFORMERS_FLOOR by pip's rule (older_than): 5.1.0.dev0 and 5.1.0rc1 come
+    before 5.1, so `transformers>=5.1` does not take them either."""
+    return older_than(found, TRANSFORMERS_FLOOR)
 
 
 def require_transformers() -> None:

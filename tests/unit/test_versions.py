@@ -64,3 +64,17 @@ def test_no_transformers_at_all_is_still_refused(monkeypatch):
     monkeypatch.setattr(versions, "importable", lambda module: False)
     with pytest.raises(UserError, match=r"\(found none installed\)"):
         versions.require_transformers()
+
+
+def test_one_version_comparison_for_the_floor_and_the_trainers_lr_clock():
+    """Two parsers: store.trainer_logs_next_lr read 4.51.0.dev0 as 4.51 (a regex) while below_floor read PEP 440
+    (review of the integrated branch). versions.older_than is the one comparison: a dev build of 4.51 may predate the
+    change (transformers #36973), so it reads as older, as pip orders it."""
+    from loratune.store import TRAINER_LR_CLOCK_SINCE, trainer_logs_next_lr
+
+    assert trainer_logs_next_lr("4.51.0.dev0") and trainer_logs_next_lr("4.51.0rc1")
+    assert versions.older_than("4.51.0.dev0", TRAINER_LR_CLOCK_SINCE) and versions.older_than("5.1.0.dev0", "5.1")
+    assert not trainer_logs_next_lr("4.51.0") and not trainer_logs_next_lr("4.51.0.post1")
+    assert trainer_logs_next_lr("v4.50.3") and trainer_logs_next_lr("4.46.3-custom")  # leading release numbers
+    assert [versions.older_than(v, (4, 51)) for v in (None, 4.5, "x", "")] == [False] * 4  # not judged
+    assert versions.below_floor("5.0.99") and not versions.below_floor("not-a-version")
