@@ -596,6 +596,18 @@ def is_eval_point(point: Mapping[str, Any]) -> bool:
 HUGE_VALUE = 1e6  # a feature value from here on is written in scientific notation (a fraction: 1e6 is 1e8 %)
 
 
+def safe_mean(values: Sequence[float]) -> float:
+    """The mean of finite values (at least one), overflow-safe, within their range: a sum past the largest float
+    (losses of 1.7e308, an exploded run) is taken of the values each divided by their count first, so the mean stays
+    the finite value it is. The one such mean: a train log's window (history_io), a long line's buckets
+    (report.charts.thin_line), show's trend characters (commands.show.spark)."""
+    n = len(values)
+    mean = sum(values) / n
+    if not math.isfinite(mean):
+        mean = math.fsum(v / n for v in values)
+    return min(max(mean, min(values)), max(values))
+
+
 def format_value(unit: str, value: float | None) -> str:
     """A feature value (or threshold) as evidence text writes it."""
     if value is None:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from loratune.errors import PARSE_ERRORS, UserError, parse_problem
 from loratune.features import (IMPROVE_MIN_REL, LR_NEXT_KEY, NO_VAL_SIZE_NOISE, TRAIN_LOG_SPLIT, has_binomial_se,
-                               is_eval_point)
+                               is_eval_point, safe_mean)
 from loratune.store import (CALLBACK_RECORD_SOURCE, CONFIG_TEXT, HISTORY, PER_CLASS, RECORD_TEXT, RUN, STATUS_TEXT,
                             TB_TEXT_SUFFIX, TENSORBOARD_DIR, RunStore, check_name_length, is_callback_record,
                             lr_logs_next_step, read_history_lines, trainer_logs_next_lr, unfenced)
@@ -2508,13 +2508,6 @@ def _percent_to_share(points: list[dict], notes: list[str]) -> None:
             notes.append(f"{key} logged on a 0-100 scale: read as a share (/100)")
 
 
-def _finite_mean(values: Sequence[float]) -> float:
-    """The mean of finite values; a sum past the largest float (losses of 1.7e308, an exploded run) is taken of the
-    values each divided by their count first, so the mean stays the finite value it is."""
-    mean = sum(values) / len(values)
-    return mean if math.isfinite(mean) else math.fsum(x / len(values) for x in values)
-
-
 def _window(entries: Sequence[dict]) -> dict:
     out: dict[str, Any] = {}
     losses = [math.nan if nan_filtered_loss(e) else e.get("loss") for e in entries]  # NaN, never 0
@@ -2524,7 +2517,7 @@ def _window(entries: Sequence[dict]) -> dict:
     if len(finite) < len(losses):  # a NaN in the window makes the window non-finite (recorded as null)
         out["train/loss"] = None
     elif finite:
-        out["train/loss"] = _finite_mean(finite)
+        out["train/loss"] = safe_mean(finite)
         out["train/loss_first"] = finite[0]
         out["train/loss_last"] = finite[-1]
         if len(finite) >= 2:

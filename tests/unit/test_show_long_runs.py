@@ -143,7 +143,9 @@ def test_show_of_a_run_whose_val_loss_exploded_to_near_the_largest_float(tmp_pat
     out = capsys.readouterr().out
     assert "1.7e+308" in out  # the table's rows
     val = next(line for line in out.splitlines() if line.strip().startswith("trend")).split()[2]
-    assert val[0] == SPARK[0] and val[-1] == SPARK[0] and SPARK[-1] * 5 in val  # low, exploded in the middle, low
+    # exploded in the middle (off scale: the top character), and the U around it drawn on its own scale (the
+    # explosion set the scale once, drawing the rest all as the lowest character)
+    assert SPARK[-1] * 5 in val and val[0] == SPARK[-1] and SPARK[0] in val[:8] and val[-1] in SPARK[2:7]
 
 
 def _five_column_run(folder: Path, n: int = 400) -> Path:
@@ -200,3 +202,28 @@ def test_the_row_cap_note_names_the_best_only_where_it_has_a_row(tmp_path, monke
     marked = [line.split()[0] for line in out.splitlines() if line.split()[1:2] == ["*"]]
     assert marked == ([] if best else ["500"])  # the best's row, marked, only where the note names it
     assert "4005" not in rows
+
+
+def test_one_loss_spike_does_not_flatten_the_trend():
+    """show's trend scaled every character by one spike: 100 decaying losses with a 5000 at the 51st drew all '▁' but
+    one '█' (review of the integrated branch), while the report draws that point off scale. A loss's off-scale values
+    (report.charts.offscale_points) are in no mean and set no scale: the decay shows, the spike is the top character."""
+    import math
+
+    values = [2.0 * math.exp(-i / 30) + 0.3 for i in range(100)]
+    values[50] = 5000.0
+    line = spark(values, 22, offscale=True)
+    spike = 50 * 22 // 100
+    assert len(line) == 22 and line[spike] == SPARK[-1] and line[0] == SPARK[-1] and line[-1] == SPARK[0]
+    rest = line[:spike] + line[spike + 1:]
+    assert list(rest) == sorted(rest, reverse=True) and len(set(rest)) >= 6  # the decay, drawn over the ramp
+    assert spark(values, 22) == SPARK[0] * spike + SPARK[-1] + SPARK[0] * (21 - spike)  # not a loss: as it was
+    assert spark([2.0, 1.0, 5000.0, 0.5], offscale=True) == SPARK[-1] + SPARK[2] + SPARK[-1] + SPARK[0]
+
+
+def test_the_overflow_safe_mean_is_one_helper():
+    """The overflow-safe mean was written three ways (show.spark, charts.thin_line, history_io._finite_mean): one,
+    features.safe_mean, finite at the largest floats and within the values' range."""
+    from loratune.features import safe_mean
+
+    assert safe_mean([1.7e308] * 3) == 1.7e308 and safe_mean([0.1] * 3) == 0.1 and safe_mean([1.0, 2.0]) == 1.5

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from loratune.features import HUGE_VALUE
+from loratune.features import HUGE_VALUE, safe_mean
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,28 +59,41 @@ SPARK = "▁▂▃▄▅▆▇█"
 SHOW_EVAL_ROWS = 40
 
 
-def spark(values: Sequence[float | None], width: int | None = None) -> str:
+def spark(values: Sequence[float | None], width: int | None = None, offscale: bool = False) -> str:
     """One character per value (None: a blank); a series longer than `width` is drawn in `width` characters, each
     the mean of its even share of the values, the first and last characters the first and last values themselves:
-    the whole run fits its cell (cut to the width, a curve that fell and rose again showed only its fall)."""
+    the whole run fits its cell (cut to the width, a curve that fell and rose again showed only its fall).
+    `offscale` (a loss): the report's off-scale values (report.charts.offscale_points) are in no mean and set no
+    scale, drawn as the top character, as the report draws them at its chart's top edge (one spike of 5000 in a
+    decaying loss drew the rest all as the lowest character)."""
     values = list(values)
+    off: set[int] = set()
+    if offscale:
+        from loratune.report.charts import Series, offscale_points
+
+        at = [i for i, v in enumerate(values) if v is not None]
+        off = {at[k] for k in (offscale_points([Series("", "", [(float(i), values[i]) for i in at])]) or [set()])[0]}
+    high = set(off)  # the characters drawn as off scale
     if width is not None and len(values) > max(width, 2):
-        width = max(width, 2)
-        buckets = [[v for v in values[i * len(values) // width:(i + 1) * len(values) // width] if v is not None]
-                   for i in range(width)]
-        # each value divided before the sum, the mean held within its bucket: a sum of values near the largest float
-        # (an exploded loss, 1.7e308) overflowed to inf and drew a NaN
-        means: list[float | None] = [min(max(math.fsum(v / len(b) for v in b), min(b)), max(b)) if b else None
-                                     for b in buckets]
-        means[0] = values[0] if values[0] is not None else means[0]
-        means[-1] = values[-1] if values[-1] is not None else means[-1]
+        width, n = max(width, 2), len(values)
+        spans = [range(i * n // width, (i + 1) * n // width) for i in range(width)]
+        buckets = [[values[j] for j in span if values[j] is not None and j not in off] for span in spans]
+        # features.safe_mean: a sum of values near the largest float (an exploded loss, 1.7e308) overflowed to inf
+        # and drew a NaN
+        means: list[float | None] = [safe_mean(b) if b else None for b in buckets]
+        high = {i for i, span in enumerate(spans) if off.intersection(span)}
+        for i, j in ((0, 0), (width - 1, n - 1)):  # the first and last characters: those values themselves
+            if values[j] is not None:
+                means[i] = values[j]
+                (high.add if j in off else high.discard)(i)
         values = means
-    vals = [v for v in values if v is not None]
-    if not vals:
+    vals = [v for i, v in enumerate(values) if v is not None and i not in high]
+    if not vals and not high:
         return ""
-    lo, hi = min(vals), max(vals)
+    lo, hi = (min(vals), max(vals)) if vals else (0.0, 0.0)
     span = hi / 2 - lo / 2 or 1.0  # halved: the span of values near the largest float overflows no more than they do
-    return "".join(SPARK[min(7, int((v / 2 - lo / 2) / span * 7.999))] if v is not None else " " for v in values)
+    return "".join(SPARK[-1] if i in high else SPARK[min(7, int((v / 2 - lo / 2) / span * 7.999))] if v is not None
+                   else " " for i, v in enumerate(values))
 
 
 def _rows_shown(steps: Sequence[float], best: Any, cap: int = SHOW_EVAL_ROWS) -> list[float]:
@@ -159,8 +172,8 @@ def show_run(con, r, n_classes: int = 10) -> None:
         # too-wide table is cut to (rich narrows its widest columns, the long headers "train-eval loss", down to
         # the others), whole cells: drawn one wider, a column the rounding cut by one lost its trend's end to "…"
         level = (con.width - 1 - max(len(c) for c in ("trend", *t.columns[0].cells))) // len(cols)
-        t.add_row("trend", *[spark([series[k].get(s) for s in steps], level - (1 if i == len(cols) - 1 else 2))
-                             for i, (k, _) in enumerate(cols)], style="cyan")
+        t.add_row("trend", *[spark([series[k].get(s) for s in steps], level - (1 if i == len(cols) - 1 else 2),
+                                   offscale=k.endswith("/loss")) for i, (k, _) in enumerate(cols)], style="cyan")
         con.print(t)
         if len(steps) > SHOW_EVAL_ROWS:
             where = Path(r.path, "history.jsonl") if r.source == "loratune" else r.path

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Callable, Sequence
 
+from loratune.features import safe_mean
+
 PAD = {"l": 52, "r": 14, "t": 12, "b": 38}
 
 
@@ -346,10 +348,10 @@ def thin_line(points: Sequence[tuple[float, float]], breaks: Sequence[float] = (
     width = (x1 - x0) / n or 1.0
     bad = sorted(breaks)
     out: list[tuple[float, float]] = [pts[0]]
-    key, mx, my, k, top, j = None, 0.0, 0.0, 0, None, 0
+    key, xs, ys, top, j = None, [], [], None, 0
 
-    def flush() -> None:
-        here = ([(mx, my)] if k else []) + ([top] if top else [])
+    def flush() -> None:  # a range's mean (features.safe_mean: a sum of 1e308s overflowed to inf) and its off-scale top
+        here = ([(safe_mean(xs), safe_mean(ys))] if xs else []) + ([top] if top else [])
         out.extend(sorted(here))
 
     for i in range(1, len(pts) - 1):
@@ -359,13 +361,13 @@ def thin_line(points: Sequence[tuple[float, float]], breaks: Sequence[float] = (
         here = (j, int((x - x0) / width))
         if here != key:
             flush()
-            key, mx, my, k, top = here, 0.0, 0.0, 0, None
+            key, xs, ys, top = here, [], [], None
         if i in off:  # as logged, the range's largest
             if top is None or y > top[1]:
                 top = (x, y)
-        else:  # a running mean: a sum of 1e308s overflowed to inf
-            k += 1
-            mx, my = mx + (x - mx) / k, my + (y - my) / k
+        else:
+            xs.append(x)
+            ys.append(y)
     flush()
     out.append(pts[-1])
     return tuple(out)
