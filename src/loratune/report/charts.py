@@ -442,7 +442,8 @@ def line_chart(series: Sequence[Series], *, width: int = 560, height: int = 280,
                 tip = f"{s.label}: off-scale {fmt(y, 4)} at {x_label} {tip_fmt(x)} (axis top {fmt(y_top, 4)})"
                 body.append(f'<path class="offscale" d="M{px:.1f},{py - 1:.1f}l-5,8h10z"><title>{esc(tip)}</title></path>')
             elif s.markers:
-                tip = s.titles[k] if s.titles and k < len(s.titles) else f"{s.label}: {x_label} {tip_fmt(x)}, {fmt(y, 4)}"
+                tip = (s.titles[k] if s.titles and k < len(s.titles) else
+                       f"{s.label}: {x_label} {tip_fmt(x)}, {fmt(y, 4)}")
                 body.append(f'<circle class="dot" cx="{px:.1f}" cy="{py:.1f}" r="3"><title>{esc(tip)}</title></circle>')
         # non-finite: a cross at the top edge; a run of them (no finite point between) one span, a cross at each end;
         # a second series' marks a row lower (train's and val's at the same steps hid each other)
