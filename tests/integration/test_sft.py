@@ -717,13 +717,12 @@ def test_generated_labels_are_read_after_the_think_block_a_qwen3_template_writes
     assert scores["val/macro_f1"] == pytest.approx(saved["val/macro_f1"]) and scores["val/macro_f1"] > 0.2
 
 
-def test_evaluate_names_test_labels_a_generative_run_never_trained_on(lm, tmp_path, capsys):
-    """A generated-label run's test split with a label not in train: its rows were scored as errors silently (no
-    note, no test/unseen_labels); now said and recorded as the classifier's evaluation does."""
+def _generate_run_with_refund_in_test(lm, tmp_path, train_rows, val_rows):
+    """A one-step generated-label run whose test split holds 2 rows of a label never trained on ('refund')."""
     data = tmp_path / "data"
     data.mkdir()
-    write_jsonl(data / "train.jsonl", make_rows(3, seed=1))
-    write_jsonl(data / "validation.jsonl", make_rows(1, seed=2))
+    write_jsonl(data / "train.jsonl", train_rows)
+    write_jsonl(data / "validation.jsonl", val_rows)
     test = make_rows(1, seed=3)
     for r in test[:2]:
         r["label"] = "refund"
@@ -731,6 +730,13 @@ def test_evaluate_names_test_labels_a_generative_run_never_trained_on(lm, tmp_pa
     out = tmp_path / "run"
     assert cli.main(["train", "-q", *sft_overrides(lm, data, out, label_format="generate", max_steps=1,
                                                    eval_steps=1)]) == 0
+    return out
+
+
+def test_evaluate_names_test_labels_a_generative_run_never_trained_on(lm, tmp_path, capsys):
+    """A generated-label run's test split with a label not in train: its rows were scored as errors silently (no
+    note, no test/unseen_labels); now said and recorded as the classifier's evaluation does."""
+    out = _generate_run_with_refund_in_test(lm, tmp_path, make_rows(3, seed=1), make_rows(1, seed=2))
     capsys.readouterr()
     assert cli.main(["evaluate", str(out), "--split", "test"]) == 0
     said = " ".join(capsys.readouterr().out.split())
@@ -1160,18 +1166,9 @@ def test_a_generative_label_run_records_its_label_counts_and_a_long_tail_is_diag
     """A generated-label run recorded its labels but no label_counts (nor unseen_labels), as the classifier's run.json
     has them: long-tail-collapse (the tail/head count ratio) could never fire and show's per-class table had no train
     counts. Now recorded by the classifier's own helper (data.label_count_record)."""
-    data = tmp_path / "data"
-    data.mkdir()
     head, tail = ["balance", "card_lost"], ["pin", "transfer"]
-    write_jsonl(data / "train.jsonl", make_rows(20, seed=1, labels=head) + make_rows(2, seed=4, labels=tail))
-    write_jsonl(data / "validation.jsonl", make_rows(3, seed=2))
-    test = make_rows(1, seed=3)
-    for r in test[:2]:
-        r["label"] = "refund"
-    write_jsonl(data / "test.jsonl", test)
-    out = tmp_path / "run"
-    assert cli.main(["train", "-q", *sft_overrides(lm, data, out, label_format="generate", max_steps=1,
-                                                   eval_steps=1)]) == 0
+    out = _generate_run_with_refund_in_test(lm, tmp_path, make_rows(20, seed=1, labels=head)
+                                            + make_rows(2, seed=4, labels=tail), make_rows(3, seed=2))
     run = json.loads((out / "run.json").read_text())
     assert run["label_counts"] == {"train": {"balance": 20, "card_lost": 20, "pin": 2, "transfer": 2},
                                    "val": {"balance": 3, "card_lost": 3, "pin": 3, "transfer": 3}}
