@@ -78,8 +78,8 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
 class _ReaderMayLeave:
     """sys.stdout / sys.stderr for one command: what is written is what the stream's encoding can write
     (listing.encodable: a glyph as its ASCII fallback, other text escaped; stdout redirected as cp1252 on Windows or
-    ASCII under LC_ALL=C ended a command with a UnicodeEncodeError). Once the reader of the stream is gone (`loratune train ... | head -1`)
-    what is written to it is dropped and the command runs on to its end, so it exits with its own code (a completed
+    ASCII under LC_ALL=C ended a command with a UnicodeEncodeError). Once the reader of the stream is gone
+    (`loratune train ... | head -1`) what is written to it is dropped and the command runs on to its end, so it exits with its own code (a completed
     run exited 1, which says the run failed, when the pipe closed before its summary was printed)."""
 
     def __init__(self, stream):
