@@ -9,7 +9,6 @@ Reads the same plain report data as the HTML report; draws nothing else.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -121,7 +120,6 @@ def show_run(con, r, n_classes: int = 10) -> None:
     from loratune.commands._common import heading, safe
     from loratune.rules import moves_text
     from rich.table import Table
-    from rich.text import Text
 
     tone = {"completed": "green", "running": "cyan", "interrupted": "yellow"}.get(r.status, "red")
     kind = "causal-lm" if r.open_generation else f"{r.n_classes or '?'} classes"
